@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Command line of the Bayesian-PEFT benchmark suite. `python benchmark.py --help`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+
+def _csv(s: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in s.split(",") if x.strip())
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, help="a registered method (`list methods`)")
+    p.add_argument("--task", required=True, help="training / in-distribution task (`list tasks`)")
+    p.add_argument("--model", default="smollm2-135m", help="preset, hub id or local directory (`list models`)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ood", type=_csv, default=(), help="comma-separated OOD evaluation tasks")
+    p.add_argument("--scoring", default="loglik", help="loglik (default, small models) | label (papers' prompt)")
+    p.add_argument("--normalization", default="token", help="loglik length normalisation: token | char | none")
+    p.add_argument("--limit-train", type=int, default=None, help="use the first N training examples")
+    p.add_argument("--limit-eval", type=int, default=None, help="evaluate on the first N test examples per task")
+    p.add_argument("--samples", type=int, default=None, dest="n_samples", help="posterior samples at test time")
+    p.add_argument("--precision", default="bf16", help="bf16 (autocast, default) | fp32")
+    p.add_argument("--quant", default="none", help="none | 4bit | 8bit (bitsandbytes base weights)")
+    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--adapter", default=None, help="post-hoc methods: an existing PEFT adapter directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting (repeatable)")
+    p.add_argument("--results", default=str(ROOT / "results"), help="results directory (default: results/)")
+    p.add_argument("--data-dir", default=None, help="local dataset mirror in hub schema (else $BAYESPEFT_DATA_DIR, else the hub)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--force", action="store_true", help="rerun even if an identical finished run exists")
+
+
+def cmd_run(a) -> int:
+    from methods.settings import parse_set_args
+    from runners.config import build_run_config
+    from runners.run import execute
+
+    cfg = build_run_config(a.method, a.task, parse_set_args(a.set), model=a.model, seed=a.seed, ood=a.ood,
+                           scoring=a.scoring, normalization=a.normalization, limit_train=a.limit_train,
+                           limit_eval=a.limit_eval, n_samples=a.n_samples, precision=a.precision, quant=a.quant,
+                           eval_batch_size=a.eval_batch_size, adapter=a.adapter)
+    rec = execute(cfg, Path(a.results), data_dir=a.data_dir, device=a.device, force=a.force)
+    where = Path(a.results) / cfg.run_id
+    if rec.get("skipped"):
+        print(f"identical run already done: {where} (use --force to rerun)")
+    print(f"run {cfg.run_id}: {rec['status']}  ->  {where}/result.json")
+    for task, m in rec.get("metrics", {}).items():
+        extra = f"  ood_auroc={m['ood_auroc_maxprob']:.3f}" if "ood_auroc_maxprob" in m else ""
+        print(f"  {task:<16} {m['role']:<3} n={m['n']:<5} acc={m['acc']:.4f} ece={m['ece']:.4f} "
+              f"nll={m['nll']:.4f} brier={m['brier']:.4f}{extra}")
+    t = rec.get("timings", {})
+    print("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+    return 0
+
+
+def cmd_list(a) -> int:
+    if a.what == "methods":
+        from methods.registry import list_methods
+        rows = list_methods()
+    elif a.what == "tasks":
+        from tasks import list_tasks
+        rows = list_tasks()
+    else:
+        from backbones import list_models
+        rows = list_models()
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmark.py", description="Bayesian parameter-efficient fine-tuning benchmark")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    add_run_args(sub.add_parser("run", help="run one benchmark cell (method x task x seed)"))
+    lp = sub.add_parser("list", help="list methods, tasks or models")
+    lp.add_argument("what", choices=["methods", "tasks", "models"])
+    a = ap.parse_args(argv)
+    from backbones import BackboneError
+    from methods.base import ConfigError
+    from tasks import TaskError
+    try:
+        return {"run": cmd_run, "list": cmd_list}[a.cmd](a)
+    except (ConfigError, TaskError, BackboneError, FileNotFoundError) as e:  # bad input: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Lazy method registry: names map to "module:Class" strings, so heavy imports happen only when used.
+
+Adding a method = one module under methods/ plus one line here; the shared contract tests then cover it.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from methods.base import ConfigError, Method
+
+REGISTRY: dict[str, str] = {
+    "lora": "methods.lora:LoRA",
+    "zero_shot": "methods.zero_shot:ZeroShot",
+}
+
+
+def method_names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown method {name!r}.{hint} Known: {', '.join(method_names())} "
+                          f"(`python benchmark.py list methods`).")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def list_methods() -> list[tuple[str, str]]:
+    out = []
+    for name in method_names():
+        cls = get_method(name)
+        out.append((name, (cls.__doc__ or "").strip().splitlines()[0]))
+    return out

@@ -1,0 +1,56 @@
+"""Typed settings: `--set key=value` strings -> a method's Config dataclass, with clear errors."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+
+from methods.base import ConfigError, MethodConfig
+
+
+def _coerce(name: str, raw, typ):
+    if not isinstance(raw, str):
+        return tuple(raw) if isinstance(raw, list) else raw
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if typ is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"setting {name}={raw!r}: expected true or false")
+    if origin is tuple:
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        if raw.lower() in ("none", "null", ""):
+            return None
+        return _coerce(name, raw, next(a for a in args if a is not type(None)))
+    try:
+        return typ(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}={raw!r}: expected a value of type {getattr(typ, '__name__', typ)}") from None
+
+
+def make_config(cls: type[MethodConfig], overrides: dict | None = None) -> MethodConfig:
+    """Build and validate `cls` from defaults plus overrides (strings from the CLI, or typed values)."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, raw in (overrides or {}).items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown setting {key!r} for this method.{hint} Settings: {', '.join(names)}")
+        values[key] = _coerce(key, raw, hints[key])
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def parse_set_args(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ConfigError(f"--set {p!r}: expected key=value")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out

@@ -1,0 +1,80 @@
+"""RunConfig: everything a user varies for one benchmark cell, serialised with its result.
+
+The run id is a readable prefix plus a hash of the full config (method settings with defaults filled in),
+so an identical run is found and skipped, and any changed setting is a new run. Where data or results
+live, and which device runs it, are not part of the identity.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from backbones import NORMALIZATIONS, SCORING_MODES, BackboneConfig
+from methods.base import ConfigError
+from methods.registry import get_method
+from methods.settings import make_config
+
+
+@dataclass
+class RunConfig:
+    method: str
+    task: str
+    model: str = "smollm2-135m"
+    seed: int = 0
+    ood: tuple[str, ...] = ()
+    scoring: str = "loglik"
+    normalization: str = "token"
+    limit_train: int | None = None
+    limit_eval: int | None = None
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    precision: str = "bf16"
+    quant: str = "none"
+    eval_batch_size: int = 8
+    n_samples: int | None = None       # posterior samples at test time; None = the method's default
+    settings: dict = field(default_factory=dict)  # the method's full config (defaults filled in)
+    adapter: str | None = None         # post-hoc methods: an existing PEFT adapter directory
+
+    def backbone_config(self, device: str = "auto") -> BackboneConfig:
+        return BackboneConfig(name=self.model, precision=self.precision, quant=self.quant, device=device)
+
+    def method_config(self):
+        return make_config(get_method(self.method).Config, self.settings)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["ood"] = list(self.ood)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=list)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return f"{self.method}-{self.task.replace(':', '_').replace('/', '_')[:40]}-s{self.seed}-{digest}"
+
+
+def build_run_config(method: str, task: str, overrides: dict | None = None, **kw) -> RunConfig:
+    """Validate every setting up front and fill the method's defaults, so nothing runs on bad input."""
+    cls = get_method(method)  # unknown method -> ConfigError with a suggestion
+    cfg = RunConfig(method=method, task=task, **kw)
+    cfg.settings = make_config(cls.Config, overrides).to_dict()
+    if cfg.scoring not in SCORING_MODES:
+        raise ConfigError(f"scoring {cfg.scoring!r} is not one of {', '.join(SCORING_MODES)}")
+    if cfg.normalization not in NORMALIZATIONS:
+        raise ConfigError(f"normalization {cfg.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+    for name in ("limit_train", "limit_eval", "n_samples"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise ConfigError(f"{name.replace('_', '-')}={v} must be >= 1 (or left out for no limit)")
+    if cfg.eval_batch_size < 1:
+        raise ConfigError(f"eval-batch-size={cfg.eval_batch_size} must be >= 1")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"val-fraction={cfg.val_fraction} must be in (0, 1)")
+    if task in cfg.ood:
+        raise ConfigError(f"{task} is the training task; it cannot also be an OOD set")
+    if cfg.adapter is not None and not cls.posthoc:
+        raise ConfigError(f"--adapter is for post-hoc methods; {method} trains its own adapter")
+    cfg.backbone_config().validate()
+    return cfg

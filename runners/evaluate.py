@@ -1,0 +1,32 @@
+"""The one evaluation path: method -> [N, S, K] log-probabilities -> predictive probabilities -> metrics."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from methods.base import Method
+from tasks.types import MCExample
+
+
+def predict(method: Method, examples: list[MCExample], n_samples: int, batch_size: int, seed: int,
+            desc: str = "eval") -> np.ndarray:
+    """Per-example, per-sample class log-probabilities [N, S, K_max], in the order of `examples`.
+
+    Batches are length-bucketed (sorted by prompt length) to cut padding; every example is scored,
+    the last smaller batch included, and results are put back in the input order.
+    """
+    K = max(e.n_choices for e in examples)
+    order = sorted(range(len(examples)), key=lambda i: sum(map(len, examples[i].contexts)) + len(examples[i].label_prompt))
+    out = np.full((len(examples), n_samples, K), -np.inf, dtype=np.float64)
+    gen = torch.Generator(device=method.backbone.device).manual_seed(seed)
+    with torch.no_grad():
+        for i in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, mininterval=2):
+            idx = order[i:i + batch_size]
+            batch = method.scorer.encode([examples[j] for j in idx]).to(method.backbone.device)
+            logp = method.predict_logprobs(batch, n_samples, gen).float().cpu().numpy()
+            if logp.shape[:2] != (len(idx), n_samples):
+                raise RuntimeError(f"{method.name}.predict_logprobs returned shape {logp.shape}, "
+                                   f"expected ({len(idx)}, {n_samples}, K)")
+            out[idx, :, : logp.shape[2]] = logp
+    return out

@@ -1,0 +1,90 @@
+"""Result files: atomic writes, phase timings with peak memory, and the environment of a run."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_result(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "result.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class Phases:
+    """Wall time and memory per phase: `with phases("fit"): ...`.
+
+    CPU memory is the process's peak RSS so far (the OS keeps no per-phase peak); on CUDA the peak
+    allocated memory is reset at each phase start, so it is per phase.
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.memory: dict[str, dict] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            mem = {"peak_rss_mb": round(peak_rss_mb(), 1)}
+            if cuda:
+                mem["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            self.memory[name] = mem
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment(device: torch.device) -> dict:
+    versions = {}
+    for pkg in ("torch", "transformers", "peft", "datasets", "numpy", "laplace-torch", "optuna", "bitsandbytes"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+            "git_commit": git_commit(), "device": str(device), "torch_threads": torch.get_num_threads(),
+            "cuda_device": torch.cuda.get_device_name() if device.type == "cuda" else None}

@@ -1,0 +1,113 @@
+"""One benchmark cell end to end: backbone -> task -> method.fit -> predict -> metrics -> result files.
+
+All inputs are validated before anything is written. The run is assembled in a hidden temp directory and
+renamed into place at the end, so `<results>/<run-id>/` is either absent or complete; a run that fails
+after validation is recorded with status "failed" and its reason, and is retried on the next call.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbones import Scorer, load_backbone
+from methods.base import ConfigError, FitData
+from methods.registry import get_method
+from metrics import compute_metrics, ood_auroc, predictive_probs, reliability
+from runners.config import RunConfig
+from runners.evaluate import predict
+from runners.results import Phases, environment, read_result, write_json_atomic
+from tasks import check_task, load_split, resolve_data_dir
+
+
+def preflight(cfg: RunConfig, data_dir: str | None) -> None:
+    """Everything that can be checked without loading a model; raises a one-line error."""
+    cls = get_method(cfg.method)
+    check_task(cfg.task, ("train", "validation", "test"), data_dir=data_dir)
+    for t in cfg.ood:
+        check_task(t, ("test",), data_dir=data_dir)
+    if cls.posthoc and cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {cfg.adapter}: no adapter_config.json there; point it at a PEFT adapter directory")
+
+
+def n_samples_for(cfg: RunConfig) -> int:
+    cls = get_method(cfg.method)
+    return (cfg.n_samples or cls.default_samples) if cls.stochastic else 1
+
+
+def write_predictions(path: Path, examples, probs: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for e, p in zip(examples, probs):
+            f.write(json.dumps({"id": e.id, "label": e.label, "probs": [round(float(x), 7) for x in p[: e.n_choices]]}) + "\n")
+
+
+def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, device: str = "auto",
+            force: bool = False) -> dict:
+    """Run `cfg` unless an identical finished run exists; return its result record."""
+    data_dir = resolve_data_dir(data_dir)
+    preflight(cfg, data_dir)
+    final = Path(results_dir) / cfg.run_id
+    done = read_result(final)
+    if done and done.get("status") == "done" and not force:
+        return {**done, "skipped": True}
+    tmp = Path(results_dir) / f".tmp-{cfg.run_id}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    phases = Phases()
+    record = {"run_id": cfg.run_id, "status": "running", "config": cfg.to_dict(),
+              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        record.update(_run(cfg, tmp, data_dir, device, phases))
+        record["status"] = "done"
+    except BaseException as e:  # recorded (Ctrl-C too), then re-raised for the caller (the sweep decides whether to go on)
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
+        raise
+    finally:
+        record["timings"], record["memory"] = phases.seconds, phases.memory
+        write_json_atomic(tmp / "result.json", record)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    return record
+
+
+def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: Phases) -> dict:
+    cls = get_method(cfg.method)
+    mcfg = cfg.method_config()
+    torch.manual_seed(cfg.seed)
+    with phases("load"):
+        backbone = load_backbone(cfg.backbone_config(device))
+        scorer = Scorer(backbone.tokenizer, cfg.scoring, cfg.normalization)
+        split_kw = dict(data_dir=data_dir, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction)
+        train = load_split(cfg.task, "train", limit=cfg.limit_train, **split_kw)
+        val = load_split(cfg.task, "validation", **split_kw)
+        evals = {t: load_split(t, "test", limit=cfg.limit_eval, **split_kw) for t in (cfg.task, *cfg.ood)}
+    method = cls(mcfg, backbone, scorer, cfg.seed)
+    with phases("fit"):
+        fitted = method.fit(FitData(train=train, validation=val, workdir=out,
+                                    adapter_dir=Path(cfg.adapter) if cfg.adapter else None))
+    method.save(out / "artifacts")
+    S = n_samples_for(cfg)
+    metrics, rel, conf = {}, {}, {}
+    for t, examples in evals.items():
+        with phases(f"eval:{t}"):
+            logp = predict(method, examples, S, cfg.eval_batch_size, cfg.seed, desc=f"eval {t}")
+        probs = predictive_probs(logp)
+        labels = np.array([e.label for e in examples])
+        write_predictions(out / "predictions" / f"{t}.jsonl", examples, probs)
+        metrics[t] = {"role": "id" if t == cfg.task else "ood", **compute_metrics(probs, labels)}
+        rel[t] = reliability(probs, labels)
+        conf[t] = probs.max(1)
+    for t in cfg.ood:  # OOD detection: does max-probability separate ID test from this OOD set?
+        metrics[t]["ood_auroc_maxprob"] = ood_auroc(conf[cfg.task], conf[t])
+    return {"method": {"name": cfg.method, "config": mcfg.to_dict(), "fitted": fitted, "posthoc": cls.posthoc,
+                       "stochastic": cls.stochastic, "n_samples": S,
+                       "trainable_parameters": method.trainable_parameters()},
+            "task": cfg.task, "model": cfg.model, "seed": cfg.seed, "scoring": scorer.describe(),
+            "data": {"train_n": len(train), "validation_n": len(val), "data_dir": data_dir or "huggingface-hub"},
+            "metrics": metrics, "reliability": rel, "environment": environment(backbone.device)}

@@ -1,0 +1,90 @@
+"""`load_split` and `check_task`: the public entry points that tie registry, source and custom together."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import source
+from .custom import custom_path, is_custom, load_custom
+from .errors import TaskError
+from .registry import SPLITS, TaskSpec, get_spec
+from .types import MCExample
+
+
+def check_task(name: str, splits=SPLITS, data_dir: str | None = None) -> None:
+    """Fail early, without reading any rows: the task exists, has these splits, and (with a
+    mirror) the files they come from exist. Raises TaskError; returns None when all is well."""
+    if isinstance(splits, str):
+        splits = (splits,)
+    if is_custom(name):
+        _check_split_names(splits, name)
+        custom_path(name)
+        return
+    spec = get_spec(name)
+    root = source.resolve_data_dir(data_dir)
+    for split in splits:
+        hub_split = spec.hub_split(split)
+        if root is not None:
+            source.require_mirror_file(name, root, spec.hub_id, spec.config, hub_split, split)
+
+
+def load_split(name: str, split: str, *, data_dir: str | None = None, split_seed: int = 0,
+               val_fraction: float = 0.1, limit: int | None = None) -> list[MCExample]:
+    """The examples of one split of a task, deterministic in its arguments.
+
+    train/validation: a held-out split of the hub's train split (of the whole file for custom:);
+    test: the hub's validation split (MMLU groups: the hub's test split; custom: the whole file).
+    `limit` keeps the first `limit` examples of the result.
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise TaskError(f"limit must be None or a positive integer, got {limit!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise TaskError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
+    if is_custom(name):
+        _check_split_names((split,), name)
+        pool = load_custom(name)  # the whole file is the test split and the train/validation pool
+    else:
+        spec = get_spec(name)
+        hub_split = spec.hub_split(split)
+        pool = _load_hub_split(spec, hub_split, split, source.resolve_data_dir(data_dir))
+    examples = pool if split == "test" else _held_out(pool, split, split_seed, val_fraction, name)
+    return examples[:limit] if limit is not None else examples
+
+
+def _held_out(pool: list[MCExample], split: str, seed: int, val_fraction: float,
+              name: str) -> list[MCExample]:
+    """train or validation: a seeded permutation of the pool; its first round(f*n) rows are
+    validation and the rest train, each kept in permutation order."""
+    order = np.random.default_rng(seed).permutation(len(pool))
+    n_val = round(val_fraction * len(pool))
+    picked = order[:n_val] if split == "validation" else order[n_val:]
+    if len(picked) == 0:
+        raise TaskError(f"{name}: the {split} split would be empty ({len(pool)} rows, "
+                        f"val_fraction={val_fraction} gives {n_val} validation rows); "
+                        "change val_fraction or use more data")
+    return [pool[i] for i in picked]
+
+
+def _load_hub_split(spec: TaskSpec, hub_split: str, split: str, root: str | None) -> list[MCExample]:
+    rows, where = source.read_rows(spec.name, root, spec.hub_id, spec.config, hub_split, split)
+    examples = []
+    for i, row in enumerate(rows):  # i: the row's index in the hub split, for fallback ids
+        try:
+            if not spec.keep(row):
+                continue
+            # Rows without an id get "<task>-<hub split>-<index>": stable under limit and under
+            # split_seed, because it names the hub row, not its position in our split.
+            ex_id = row.get("id") or f"{spec.name}-{hub_split}-{i}"
+            examples.append(spec.convert(row, str(ex_id)))
+        except KeyError as e:
+            raise TaskError(f"{spec.name}: {where(i)}: the row has no field {e}; "
+                            "the data does not match the hub schema of this task") from None
+        except (TypeError, ValueError) as e:
+            raise TaskError(f"{spec.name}: {where(i)}: bad row ({e}); "
+                            "the data does not match the hub schema of this task") from None
+    return examples
+
+
+def _check_split_names(splits, name: str) -> None:
+    for split in splits:
+        if split not in SPLITS:
+            raise TaskError(f"unknown split {split!r} for {name}; use one of {', '.join(SPLITS)}")
