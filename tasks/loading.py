@@ -17,7 +17,7 @@ def check_task(name: str, splits=SPLITS, data_dir: str | None = None) -> None:
         splits = (splits,)
     if is_custom(name):
         _check_split_names(splits, name)
-        custom_path(name)
+        load_custom(name)  # a user's file is small: validate every line now, before anything is written
         return
     spec = get_spec(name)
     root = source.resolve_data_dir(data_dir)

@@ -178,12 +178,12 @@ def test_check_task_reads_no_rows(data_dir, monkeypatch, tmp_path):
         raise AssertionError("check_task read rows")
     monkeypatch.setattr(tasks.source, "read_rows", boom)
     monkeypatch.setattr(tasks.source, "read_jsonl", boom)
-    monkeypatch.setattr(tasks.custom, "read_jsonl", boom)
     for name in TASKS:
         check_task(name, TASKS[name].splits, data_dir=None)  # hub: only names and splits are checked
     check_task("arc_easy", data_dir=data_dir)
     check_task("mmlu_law", "test", data_dir=data_dir)
-    check_task(f"custom:{write(tmp_path, 'not json')}")  # exists; content is load_split's business
+    with pytest.raises(TaskError, match=":1:"):  # a user's file is validated up front, line by line
+        check_task(f"custom:{write(tmp_path, 'not json')}")
     with pytest.raises(TaskError, match="no such file"):
         check_task(f"custom:{tmp_path / 'absent.jsonl'}")
 

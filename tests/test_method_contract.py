@@ -1,0 +1,92 @@
+"""The contract every registered method must pass (one class, run over the whole registry).
+
+A new method is covered by adding it to methods/registry.py: nothing here names a method except `lora`,
+which post-hoc methods start from.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from methods.registry import get_method, method_names
+from metrics import predictive_probs
+from runners.evaluate import predict
+from tasks import load_split
+from tests.helpers import build, tiny
+
+S = 3
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(tmp_path_factory, data_dir):
+    """A trained `lora` adapter on disk, shared by every post-hoc method."""
+    d = tmp_path_factory.mktemp("lora")
+    build("lora", data_dir, d).save(d / "adapter")
+    return d / "adapter"
+
+
+@pytest.fixture(scope="session")
+def eval_examples(data_dir):
+    return load_split("arc_easy", "test", data_dir=data_dir, limit=7)  # 7: the last batch is smaller
+
+
+@pytest.fixture(scope="module", params=method_names())
+def fitted(request, tmp_path_factory, data_dir, lora_adapter):
+    name = request.param
+    cls = get_method(name)
+    work = tmp_path_factory.mktemp(name)
+    return build(name, data_dir, work, adapter_dir=lora_adapter if cls.posthoc else None), work
+
+
+def _predict(method, examples, seed=0):
+    n = S if method.stochastic else 1
+    return predict(method, examples, n, batch_size=3, seed=seed)
+
+
+class TestMethodContract:
+    def test_shapes_and_probabilities(self, fitted, eval_examples):
+        method, _ = fitted
+        logp = _predict(method, eval_examples)
+        n = S if method.stochastic else 1
+        assert logp.shape == (len(eval_examples), n, max(e.n_choices for e in eval_examples))
+        probs = predictive_probs(logp)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+        for e, p in zip(eval_examples, probs):  # absent choices (3-choice items) get probability 0
+            assert np.all(p[e.n_choices:] == 0)
+
+    def test_repeatable_under_seed(self, fitted, eval_examples):
+        method, _ = fitted
+        np.testing.assert_array_equal(_predict(method, eval_examples, seed=1), _predict(method, eval_examples, seed=1))
+
+    def test_samples_differ_when_stochastic(self, fitted, eval_examples):
+        method, _ = fitted
+        logp = _predict(method, eval_examples)
+        spread = np.nanmax(np.abs(logp - logp[:, :1]) * np.isfinite(logp))
+        if method.stochastic:
+            assert spread > 1e-6, "a stochastic method returned identical samples"
+        else:
+            assert logp.shape[1] == 1
+
+    def test_save_load_roundtrip(self, fitted, eval_examples, data_dir):
+        method, work = fitted
+        method.save(work / "saved")
+        bb, scorer = tiny()
+        cls = type(method)
+        fresh = cls(method.config, bb, scorer, method.seed)
+        fresh.load(work / "saved")
+        np.testing.assert_allclose(_predict(fresh, eval_examples, seed=2), _predict(method, eval_examples, seed=2),
+                                   atol=1e-5)
+
+    def test_records_what_it_fitted(self, fitted):
+        method, _ = fitted
+        assert isinstance(method.fitted, dict)
+        assert isinstance(method.trainable_parameters(), int)
+
+
+def test_training_changes_predictions(tmp_path, data_dir, eval_examples):
+    """`lora` really trains: its predictions move away from the untrained backbone's."""
+    before = build("zero_shot", data_dir, tmp_path)
+    after = build("lora", data_dir, tmp_path, extra={"lr": 1e-2})
+    assert np.abs(_predict(before, eval_examples) - _predict(after, eval_examples)).max() > 1e-3
+    assert torch.is_tensor(next(after.model.parameters()))
