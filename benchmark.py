@@ -33,6 +33,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--adapter", default=None, help="post-hoc methods: an existing PEFT adapter directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting (repeatable)")
+    p.add_argument("--base-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="post-hoc methods: a setting of the lora adapter they start from (repeatable)")
     p.add_argument("--results", default=str(ROOT / "results"), help="results directory (default: results/)")
     p.add_argument("--data-dir", default=None, help="local dataset mirror in hub schema (else $BAYESPEFT_DATA_DIR, else the hub)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -47,7 +49,8 @@ def cmd_run(a) -> int:
     cfg = build_run_config(a.method, a.task, parse_set_args(a.set), model=a.model, seed=a.seed, ood=a.ood,
                            scoring=a.scoring, normalization=a.normalization, limit_train=a.limit_train,
                            limit_eval=a.limit_eval, n_samples=a.n_samples, precision=a.precision, quant=a.quant,
-                           eval_batch_size=a.eval_batch_size, adapter=a.adapter)
+                           eval_batch_size=a.eval_batch_size, adapter=a.adapter,
+                           base_settings=parse_set_args(a.base_set))
     rec = execute(cfg, Path(a.results), data_dir=a.data_dir, device=a.device, force=a.force)
     where = Path(a.results) / cfg.run_id
     if rec.get("skipped"):

@@ -66,9 +66,8 @@ class LoRA(Method):
         self.model.save_pretrained(str(path))
 
     def load(self, path: Path) -> None:
-        from peft import PeftModel
-        self.model = PeftModel.from_pretrained(self.backbone.model, str(path))
-        self.model.eval()
+        from methods.adapter import load_adapter
+        self.model = load_adapter(self.backbone, path)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" in n)

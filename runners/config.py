@@ -36,6 +36,7 @@ class RunConfig:
     n_samples: int | None = None       # posterior samples at test time; None = the method's default
     settings: dict = field(default_factory=dict)  # the method's full config (defaults filled in)
     adapter: str | None = None         # post-hoc methods: an existing PEFT adapter directory
+    base_settings: dict = field(default_factory=dict)  # post-hoc methods: `lora` settings of the base adapter
 
     def backbone_config(self, device: str = "auto") -> BackboneConfig:
         return BackboneConfig(name=self.model, precision=self.precision, quant=self.quant, device=device)
@@ -76,5 +77,24 @@ def build_run_config(method: str, task: str, overrides: dict | None = None, **kw
         raise ConfigError(f"{task} is the training task; it cannot also be an OOD set")
     if cfg.adapter is not None and not cls.posthoc:
         raise ConfigError(f"--adapter is for post-hoc methods; {method} trains its own adapter")
+    if cfg.base_settings and not cls.posthoc:
+        raise ConfigError(f"--base-set is for post-hoc methods; {method} trains its own adapter")
     cfg.backbone_config().validate()
+    base = base_run_config(cfg)  # validates the base adapter's settings up front
+    if base is not None:
+        cfg.base_settings = base.settings  # full, typed: the same base adapter hashes the same however given
     return cfg
+
+
+SHARED_WITH_BASE = ("model", "seed", "ood", "scoring", "normalization", "limit_train", "limit_eval",
+                    "split_seed", "val_fraction", "precision", "quant", "eval_batch_size")
+
+
+def base_run_config(cfg: RunConfig) -> RunConfig | None:
+    """The `lora` run whose adapter a post-hoc run starts from (same task, seed, data and LoRA settings).
+
+    None when the method trains its own adapter or the user gave one with --adapter.
+    """
+    if not get_method(cfg.method).posthoc or cfg.adapter is not None:
+        return None
+    return build_run_config("lora", cfg.task, cfg.base_settings, **{k: getattr(cfg, k) for k in SHARED_WITH_BASE})

@@ -19,7 +19,7 @@ from backbones import Scorer, load_backbone
 from methods.base import ConfigError, FitData
 from methods.registry import get_method
 from metrics import compute_metrics, ood_auroc, predictive_probs, reliability
-from runners.config import RunConfig
+from runners.config import RunConfig, base_run_config
 from runners.evaluate import predict
 from runners.results import Phases, environment, read_result, write_json_atomic
 from tasks import check_task, load_split, resolve_data_dir
@@ -56,6 +56,13 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
     done = read_result(final)
     if done and done.get("status") == "done" and not force:
         return {**done, "skipped": True}
+    base = base_run_config(cfg)
+    adapter = Path(cfg.adapter) if cfg.adapter else None
+    if base is not None:  # post-hoc: reuse (or first train) the lora adapter of the same cell
+        base_rec = execute(base, results_dir, data_dir, device)
+        if base_rec.get("status") != "done":
+            raise RuntimeError(f"base lora run {base.run_id} did not finish: {base_rec.get('error')}")
+        adapter = Path(results_dir) / base.run_id / "artifacts"
     tmp = Path(results_dir) / f".tmp-{cfg.run_id}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -63,7 +70,8 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
     record = {"run_id": cfg.run_id, "status": "running", "config": cfg.to_dict(),
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     try:
-        record.update(_run(cfg, tmp, data_dir, device, phases))
+        record.update(_run(cfg, tmp, data_dir, device, phases, adapter))
+        record["base_run"] = base.run_id if base is not None else None
         record["status"] = "done"
     except BaseException as e:  # recorded (Ctrl-C too), then re-raised for the caller (the sweep decides whether to go on)
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
@@ -76,7 +84,8 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
     return record
 
 
-def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: Phases) -> dict:
+def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: Phases,
+         adapter: Path | None) -> dict:
     cls = get_method(cfg.method)
     mcfg = cfg.method_config()
     torch.manual_seed(cfg.seed)
@@ -90,7 +99,7 @@ def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: P
     method = cls(mcfg, backbone, scorer, cfg.seed)
     with phases("fit"):
         fitted = method.fit(FitData(train=train, validation=val, workdir=out,
-                                    adapter_dir=Path(cfg.adapter) if cfg.adapter else None))
+                                    adapter_dir=adapter))
     method.save(out / "artifacts")
     S = n_samples_for(cfg)
     metrics, rel, conf = {}, {}, {}
