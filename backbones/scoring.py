@@ -41,6 +41,21 @@ class EncodedBatch:
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    def expand(self, s: int) -> "EncodedBatch":
+        """The batch repeated `s` times, sample-major (rows of copy j come after those of copy j-1).
+
+        Stochastic layers then give each copy its own weight sample, so S samples cost one forward pass
+        (the batch-expand trick); `class_logits` of the result is [s * B, K].
+        """
+        B = self.size
+        rep = lambda t: t.repeat(s, *([1] * (t.dim() - 1)))  # noqa: E731
+        offsets = (torch.arange(s, device=self.row_example.device) * B).repeat_interleave(len(self.row_example))
+        return replace(self, ids=self.ids * s, labels=rep(self.labels), choice_mask=rep(self.choice_mask),
+                       input_ids=rep(self.input_ids), attention_mask=rep(self.attention_mask),
+                       row_example=rep(self.row_example) + offsets, row_choice=rep(self.row_choice),
+                       target_ids=rep(self.target_ids), target_mask=rep(self.target_mask) if self.target_mask.numel() else self.target_mask,
+                       norm=rep(self.norm) if self.norm.numel() else self.norm)
+
     def to(self, device) -> "EncodedBatch":
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})

@@ -10,8 +10,11 @@ import importlib
 from methods.base import ConfigError, Method
 
 REGISTRY: dict[str, str] = {
+    "laplace_lora": "methods.laplace_lora:LaplaceLoRA",
     "lora": "methods.lora:LoRA",
     "zero_shot": "methods.zero_shot:ZeroShot",
+    "temperature": "methods.temperature:Temperature",
+    "tfb": "methods.tfb:TFB",
 }
 
 

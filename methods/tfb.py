@@ -1,0 +1,152 @@
+"""`tfb`: Training-Free Bayesianization of a trained LoRA adapter (Shi et al., NeurIPS 2025).
+
+Per LoRA module, the compact SVD B = U diag(d) V^T reparametrises the adapter as B' = U diag(d),
+A' = V^T A (B'A' = BA exactly). The posterior q(A') = N(A', Omega^2) with Omega_ij = sigma_q / d_i puts
+isotropic noise of variance sigma_q^2 on the weight update inside the column space of B. One sigma_q is
+shared by all modules: the largest value in [sigma_min, sigma_max] whose degradation of an anchor set stays
+within `epsilon`, found by bisection. Prediction averages softmax over N samples.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from methods.adapter import lora_layers
+from methods.base import ConfigError, MethodConfig
+from methods.posthoc import PosthocMethod
+from methods.sampling import sampled_logprobs
+
+CRITERIA = ("nll", "flip")
+ANCHOR_LABELS = ("true", "pred")
+RELATIVE = ("true", "reference")
+
+
+@dataclass
+class TFBConfig(MethodConfig):
+    sigma_min: float = 1e-4
+    sigma_max: float = 0.1
+    iterations: int = 8
+    criterion: str = "nll"             # nll: relative NLL change; flip: fraction of flipped predictions
+    epsilon: float | None = None       # tolerance; None = 0.003 (nll, i.e. 0.3%) or 0.01 (flip)
+    anchor_size: int = 500             # seeded subset of train
+    anchor_labels: str = "true"        # true labels, or the deterministic model's own predictions (no labels)
+    anchor_samples: int = 10           # samples per degradation estimate
+    relative: str = "true"             # "reference": the reference code's change divided by the anchor size
+
+    def validate(self) -> None:
+        if not 0 <= self.sigma_min < self.sigma_max:
+            raise ConfigError(f"need 0 <= sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
+                              f"sigma_max={self.sigma_max}")
+        for name, allowed in (("criterion", CRITERIA), ("anchor_labels", ANCHOR_LABELS), ("relative", RELATIVE)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.epsilon is not None and self.epsilon <= 0:
+            raise ConfigError(f"epsilon={self.epsilon} must be > 0")
+        for name in ("iterations", "anchor_size", "anchor_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+
+    @property
+    def tolerance(self) -> float:
+        return self.epsilon if self.epsilon is not None else {"nll": 0.003, "flip": 0.01}[self.criterion]
+
+
+class TFB(PosthocMethod):
+    """Training-free Bayesianization: SVD-reparametrised LoRA with noise on A', sigma by bisection."""
+
+    name = "tfb"
+    Config = TFBConfig
+    stochastic = True
+    default_samples = 10
+
+    def _reparametrise(self) -> None:
+        """B = U diag(d) V^T -> B' = U diag(d), A' = V^T A (the product BA is unchanged)."""
+        for _, layer in lora_layers(self.model):
+            name = layer.active_adapters[0]
+            A, B = layer.lora_A[name].weight, layer.lora_B[name].weight
+            with torch.no_grad():
+                U, d, Vh = torch.linalg.svd(B.double(), full_matrices=False)
+                layer.lora_B[name].weight.copy_((U * d).to(B.dtype))
+                layer.lora_A[name].weight.copy_((Vh @ A.double()).to(A.dtype))
+        self._noise_scales()
+
+    def _noise_scales(self) -> None:
+        """1 / d_i per module, read off B' = U diag(d) as its column norms (so a saved B' needs no new SVD)."""
+        self.scales = {}
+        for _, layer in lora_layers(self.model):
+            d = layer.lora_B[layer.active_adapters[0]].weight.detach().double().norm(dim=0)
+            # d_i = 0 (an untrained direction of B) gets no noise: B' has a zero column there anyway
+            self.scales[layer] = torch.where(d > 1e-12, 1.0 / d.clamp(min=1e-12), torch.zeros_like(d)).float()
+
+    def _draw(self, sigma: float, gen: torch.Generator):
+        def draw(s: int) -> dict:
+            out = {}
+            for layer, inv_d in self.scales.items():
+                A = layer.lora_A[layer.active_adapters[0]].weight
+                eps = torch.randn((s, *A.shape), generator=gen, device=A.device, dtype=A.dtype)
+                out[layer] = {"A": A + eps * (sigma * inv_d.to(A.device))[None, :, None]}
+            return out
+        return draw
+
+    def _anchor_logprobs(self, batches, sigma: float, gen) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([sampled_logprobs(self, self.model, b, self.config.anchor_samples,
+                                               self._draw(sigma, gen)) for b in batches])
+
+    def fit_posthoc(self, data):
+        cfg, t0 = self.config, time.perf_counter()
+        self._reparametrise()
+        g = torch.Generator().manual_seed(self.seed)
+        idx = torch.randperm(len(data.train), generator=g)[: cfg.anchor_size].tolist()
+        anchor = [data.train[i] for i in idx]
+        batches = [self.scorer.encode(anchor[i:i + 8]).to(self.backbone.device) for i in range(0, len(anchor), 8)]
+        map_logits, labels = self.deterministic_logits(anchor)  # MAP predictions: computed once, reused
+        map_pred = map_logits.argmax(-1)
+        target = labels if cfg.anchor_labels == "true" else map_pred
+        base_nll = F.cross_entropy(map_logits, target).item()
+
+        def degradation(sigma: float) -> float:
+            gen = torch.Generator(device=self.backbone.device).manual_seed(self.seed + 1)
+            lp = self._anchor_logprobs(batches, sigma, gen)
+            probs = lp.exp().mean(1)  # average probabilities over samples
+            if cfg.criterion == "flip":
+                return (probs.argmax(-1) != map_pred).float().mean().item()
+            nll = F.nll_loss(probs.clamp_min(1e-12).log(), target).item()
+            change = (nll - base_nll) / base_nll
+            return change / len(anchor) if cfg.relative == "reference" else change
+
+        tol, history = cfg.tolerance, []
+        lo, hi = cfg.sigma_min, cfg.sigma_max
+        d_hi = degradation(hi)
+        history.append((hi, d_hi))
+        if d_hi <= tol:
+            lo = hi
+        else:
+            d_lo = degradation(lo) if lo > 0 else 0.0
+            history.append((lo, d_lo))
+            if d_lo > tol:
+                raise RuntimeError(f"tfb: even sigma_min={lo} degrades the anchor set by {d_lo:.4g} > epsilon={tol}; "
+                                   "lower sigma_min or raise epsilon")
+            for _ in range(cfg.iterations):
+                mid = (lo + hi) / 2
+                d_mid = degradation(mid)
+                history.append((mid, d_mid))
+                lo, hi = (mid, hi) if d_mid <= tol else (lo, mid)
+        self.sigma = lo
+        met = dict(history)[lo] if lo in dict(history) else 0.0
+        return {"sigma_q": lo, "degradation": met, "epsilon": tol, "criterion": cfg.criterion,
+                "anchor_n": len(anchor), "anchor_base_nll": base_nll, "search": history,
+                "search_seconds": time.perf_counter() - t0}
+
+    def predict_logprobs(self, batch, n_samples, generator):
+        return sampled_logprobs(self, self.model, batch, n_samples, self._draw(self.sigma, generator))
+
+    def state(self) -> dict:
+        return {"sigma_q": self.sigma}
+
+    def set_state(self, state: dict) -> None:
+        self._noise_scales()  # the saved adapter holds B' and A' already
+        self.sigma = state["sigma_q"]
