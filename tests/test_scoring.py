@@ -26,10 +26,11 @@ def examples(data_dir):
     return arc + wg
 
 
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "per-choice"])
 @pytest.mark.parametrize("norm", ["token", "char", "none"])
-def test_loglik_matches_plain_per_choice_loop(examples, norm):
+def test_loglik_matches_plain_per_choice_loop(examples, norm, pack):
     bb, _ = tiny()
-    scorer = Scorer(bb.tokenizer, "loglik", norm)
+    scorer = Scorer(bb.tokenizer, "loglik", norm, pack=pack)
     with torch.no_grad():
         got = scorer.class_logits(bb.model, scorer.encode(examples))
     for b, e in enumerate(examples):
@@ -64,8 +65,8 @@ def test_label_tokens_are_distinct_single_tokens(data_dir):
 def test_batch_composition_does_not_change_scores(examples):
     """Left padding and position ids: an example scores the same alone or in a padded batch."""
     bb, _ = tiny()
-    for mode in ("loglik", "label"):
-        scorer = Scorer(bb.tokenizer, mode)
+    for mode, pack in (("loglik", True), ("loglik", False), ("label", False)):
+        scorer = Scorer(bb.tokenizer, mode, pack=pack)
         with torch.no_grad():
             full = scorer.class_logits(bb.model, scorer.encode(examples))
             for b, e in enumerate(examples):
@@ -77,3 +78,15 @@ def test_bad_mode_rejected():
     bb, _ = tiny()
     with pytest.raises(ValueError, match="scoring"):
         Scorer(bb.tokenizer, "logprob")
+
+
+def test_packed_batch_is_smaller_and_expands_like_repeats(examples):
+    """Packing shares each prompt once; expand(s) gives s identical copies, sample-major."""
+    bb, _ = tiny()
+    packed, plain = Scorer(bb.tokenizer, "loglik"), Scorer(bb.tokenizer, "loglik", pack=False)
+    assert packed.encode(examples).n_tokens < 0.7 * plain.encode(examples).n_tokens
+    batch = packed.encode(examples)
+    with torch.no_grad():
+        one = packed.class_logits(bb.model, batch)
+        three = packed.class_logits(bb.model, batch.expand(3))
+    torch.testing.assert_close(three.view(3, *one.shape), one.expand(3, *one.shape), atol=1e-4, rtol=0)
