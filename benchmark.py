@@ -65,6 +65,59 @@ def cmd_run(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    import subprocess
+
+    from runners.queue import enqueue_missing, open_storage
+    from runners.run import execute
+    from runners.sweep import describe, expand, load_spec
+    from tasks import check_task, resolve_data_dir
+
+    results = Path(a.results)
+    plan = expand(load_spec(a.spec))
+    data_dir = resolve_data_dir(a.data_dir)
+    for c in plan.cells:  # every task and OOD set must exist before anything runs
+        check_task(c.cfg.task, data_dir=data_dir)
+        for t in c.cfg.ood:
+            check_task(t, ("test",), data_dir=data_dir)
+    print(describe(plan, results))
+    if a.dry_run:
+        return 0
+    if a.workers == 1 and a.storage is None:  # one process: run the cells in dependency order
+        failed = 0
+        for c in plan.cells:
+            try:
+                rec = execute(c.cfg, results, data_dir=data_dir, device=a.device)
+                print(f"{c.run_id}: {rec['status']}{' (already done)' if rec.get('skipped') else ''}")
+            except Exception as e:  # recorded under the run id; the sweep goes on
+                failed += 1
+                print(f"{c.run_id}: failed: {type(e).__name__}: {e}")
+        print(f"sweep {plan.name}: {len(plan.cells) - failed} done, {failed} failed")
+        return 1 if failed else 0
+    study = f"sweep-{plan.name}"
+    n = enqueue_missing(open_storage(a.storage, results), study, plan.cells, results)
+    print(f"enqueued {n} cells in study {study!r} ({a.storage or results / '.sweeps.journal'})")
+    cmd = [sys.executable, str(ROOT / "benchmark.py"), "worker", "--study", study, "--results", str(results),
+           "--device", a.device] + (["--storage", a.storage] if a.storage else []) + \
+          (["--data-dir", data_dir] if data_dir else [])
+    procs = [subprocess.Popen(cmd + ["--name", f"w{i}"]) for i in range(a.workers)]
+    codes = [p.wait() for p in procs]
+    st = plan.status(results)
+    bad = [k for k, v in st.items() if v != "done"]
+    print(f"sweep {plan.name}: {len(st) - len(bad)} done, {len(bad)} not done")
+    return 1 if bad or any(codes) else 0
+
+
+def cmd_worker(a) -> int:
+    import socket
+
+    from runners.queue import work
+    did = work(a.storage, a.study, Path(a.results), a.data_dir, a.device,
+               worker=a.name or f"{socket.gethostname()}-{os.getpid()}", log=lambda m: print(m, flush=True))
+    print(f"worker done: {did}")
+    return 0
+
+
 def cmd_list(a) -> int:
     if a.what == "methods":
         from methods.registry import list_methods
@@ -85,6 +138,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="benchmark.py", description="Bayesian parameter-efficient fine-tuning benchmark")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_run_args(sub.add_parser("run", help="run one benchmark cell (method x task x seed)"))
+    sp = sub.add_parser("sweep", help="run a grid of cells from a YAML file or preset (quick, commonsense, paper)")
+    sp.add_argument("spec", help="a sweep YAML file or a preset name")
+    sp.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    sp.add_argument("--workers", type=int, default=1, help="local worker processes (shared through --storage)")
+    sp.add_argument("--storage", default=None, help="Optuna storage: a .journal file (one machine) or an RDB URL")
+    for p in (sp, wp := sub.add_parser("worker", help="claim and run cells of a shared sweep until none is left")):
+        p.add_argument("--results", default=str(ROOT / "results"))
+        p.add_argument("--data-dir", default=None)
+        p.add_argument("--device", default="auto")
+    wp.add_argument("--study", required=True)
+    wp.add_argument("--storage", default=None)
+    wp.add_argument("--name", default=None)
     lp = sub.add_parser("list", help="list methods, tasks or models")
     lp.add_argument("what", choices=["methods", "tasks", "models"])
     a = ap.parse_args(argv)
@@ -92,7 +157,7 @@ def main(argv=None) -> int:
     from methods.base import ConfigError
     from tasks import TaskError
     try:
-        return {"run": cmd_run, "list": cmd_list}[a.cmd](a)
+        return {"run": cmd_run, "sweep": cmd_sweep, "worker": cmd_worker, "list": cmd_list}[a.cmd](a)
     except (ConfigError, TaskError, BackboneError, FileNotFoundError) as e:  # bad input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,10 @@ REGISTRY: dict[str, str] = {
     "zero_shot": "methods.zero_shot:ZeroShot",
     "temperature": "methods.temperature:Temperature",
     "tfb": "methods.tfb:TFB",
+    "blob": "methods.blob:BLoB",
+    "mc_dropout": "methods.mc_dropout:MCDropout",
+    "ensemble": "methods.ensemble:Ensemble",
+    "bayesian_lora": "methods.bayesian_lora:BayesianLoRA",
 }
 
 

@@ -68,3 +68,21 @@ def sampled_logprobs(method, model, batch, n_samples: int, draw: Callable[[int],
         out.append(logits.view(s, batch.size, -1).transpose(0, 1).log_softmax(-1))
         done += s
     return torch.cat(out, dim=1)
+
+
+@contextmanager
+def seeded_global_rng(seed: int, device: torch.device):
+    """Run with torch's global RNG seeded to `seed` and restore it afterwards.
+
+    For randomness drawn from the global RNG that cannot take a generator (nn.Dropout, flipout signs in a
+    module's forward): the result is then repeatable under `seed` and leaves other code's RNG untouched.
+    """
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def seed_from(generator: torch.Generator) -> int:
+    """A fresh seed drawn from `generator` (so successive calls get different, repeatable streams)."""
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))

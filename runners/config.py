@@ -93,8 +93,12 @@ SHARED_WITH_BASE = ("model", "seed", "ood", "scoring", "normalization", "limit_t
 def base_run_config(cfg: RunConfig) -> RunConfig | None:
     """The `lora` run whose adapter a post-hoc run starts from (same task, seed, data and LoRA settings).
 
+    Methods with `uses_base_adapter` (ensemble: member 0) get the lora run of the settings they share with lora.
     None when the method trains its own adapter or the user gave one with --adapter.
     """
-    if not get_method(cfg.method).posthoc or cfg.adapter is not None:
+    cls = get_method(cfg.method)
+    if cfg.adapter is not None or not (cls.posthoc or getattr(cls, "uses_base_adapter", False)):
         return None
-    return build_run_config("lora", cfg.task, cfg.base_settings, **{k: getattr(cfg, k) for k in SHARED_WITH_BASE})
+    lora_fields = get_method("lora").Config.__dataclass_fields__
+    settings = cfg.base_settings if cls.posthoc else {k: v for k, v in cfg.settings.items() if k in lora_fields}
+    return build_run_config("lora", cfg.task, settings, **{k: getattr(cfg, k) for k in SHARED_WITH_BASE})

@@ -37,6 +37,8 @@ def preflight(cfg: RunConfig, data_dir: str | None) -> None:
 
 def n_samples_for(cfg: RunConfig) -> int:
     cls = get_method(cfg.method)
+    if cls.stochastic and hasattr(cls, "n_samples_from"):  # S set by the method's settings (ensemble: members)
+        return cls.n_samples_from(cfg.method_config())
     return (cfg.n_samples or cls.default_samples) if cls.stochastic else 1
 
 
@@ -58,7 +60,7 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
         return {**done, "skipped": True}
     base = base_run_config(cfg)
     adapter = Path(cfg.adapter) if cfg.adapter else None
-    if base is not None:  # post-hoc: reuse (or first train) the lora adapter of the same cell
+    if base is not None:  # post-hoc / uses_base_adapter: reuse (or first train) the lora adapter of the same cell
         base_rec = execute(base, results_dir, data_dir, device)
         if base_rec.get("status") != "done":
             raise RuntimeError(f"base lora run {base.run_id} did not finish: {base_rec.get('error')}")
@@ -101,7 +103,7 @@ def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: P
         fitted = method.fit(FitData(train=train, validation=val, workdir=out,
                                     adapter_dir=adapter))
     method.save(out / "artifacts")
-    S = n_samples_for(cfg)
+    S = n_samples_for(cfg) if method.stochastic else 1  # an instance's settings may turn sampling off
     metrics, rel, conf = {}, {}, {}
     for t, examples in evals.items():
         with phases(f"eval:{t}"):
@@ -115,7 +117,7 @@ def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: P
     for t in cfg.ood:  # OOD detection: does max-probability separate ID test from this OOD set?
         metrics[t]["ood_auroc_maxprob"] = ood_auroc(conf[cfg.task], conf[t])
     return {"method": {"name": cfg.method, "config": mcfg.to_dict(), "fitted": fitted, "posthoc": cls.posthoc,
-                       "stochastic": cls.stochastic, "n_samples": S,
+                       "stochastic": method.stochastic, "n_samples": S,
                        "trainable_parameters": method.trainable_parameters()},
             "task": cfg.task, "model": cfg.model, "seed": cfg.seed, "scoring": scorer.describe(),
             "data": {"train_n": len(train), "validation_n": len(val), "data_dir": data_dir or "huggingface-hub"},

@@ -1,0 +1,165 @@
+"""Sweeps: a YAML grid (model x methods x tasks with OOD sets x seeds) expanded into run cells.
+
+Every cell is the same idempotent unit as `benchmark.py run` (content-hashed; skipped when done). Post-hoc
+cells depend on the `lora` cell of the same task, seed, data and LoRA settings: that base cell is part of
+the plan, runs first, and is trained once however many post-hoc methods reuse it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from methods.base import ConfigError
+from methods.registry import get_method
+from runners.config import RunConfig, base_run_config, build_run_config
+from runners.results import read_result
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+RUN_KEYS = ("model", "scoring", "normalization", "limit_train", "limit_eval", "split_seed", "val_fraction",
+            "precision", "quant", "eval_batch_size", "n_samples")
+
+
+@dataclass
+class Cell:
+    cfg: RunConfig
+    depends_on: str | None = None   # run id of the base lora cell
+
+    @property
+    def run_id(self) -> str:
+        return self.cfg.run_id
+
+
+@dataclass
+class Plan:
+    name: str
+    cells: list[Cell] = field(default_factory=list)  # dependency order: bases before their dependants
+
+    def status(self, results: Path) -> dict[str, str]:
+        out = {}
+        for c in self.cells:
+            rec = read_result(Path(results) / c.run_id)
+            out[c.run_id] = rec["status"] if rec else "missing"
+        return out
+
+
+def load_spec(path_or_preset: str) -> dict:
+    p = Path(path_or_preset)
+    if not p.is_file():
+        p = PRESET_DIR / f"{path_or_preset}.yaml"
+    if not p.is_file():
+        names = sorted(x.stem for x in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"sweep file {path_or_preset!r} not found (presets: {', '.join(names)})")
+    try:
+        spec = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{p}: expected a mapping with methods, tasks and seeds")
+    spec.setdefault("name", p.stem)
+    return spec
+
+
+def _methods(spec: dict) -> list[tuple[str, dict]]:
+    """`methods:` entries are a name, or {name: {settings}}."""
+    out = []
+    for m in spec.get("methods") or []:
+        if isinstance(m, str):
+            out.append((m, {}))
+        elif isinstance(m, dict) and len(m) == 1:
+            name, settings = next(iter(m.items()))
+            out.append((name, dict(settings or {})))
+        else:
+            raise ConfigError(f"methods entry {m!r}: write a name or {{name: {{setting: value}}}}")
+    if not out:
+        raise ConfigError("the sweep lists no methods")
+    return out
+
+
+def _tasks(spec: dict) -> list[tuple[str, tuple[str, ...]]]:
+    out = []
+    for t in spec.get("tasks") or []:
+        if isinstance(t, str):
+            out.append((t, tuple(spec.get("ood") or ())))
+        elif isinstance(t, dict) and "task" in t:
+            out.append((t["task"], tuple(t.get("ood") or spec.get("ood") or ())))
+        else:
+            raise ConfigError(f"tasks entry {t!r}: write a name or {{task: name, ood: [..]}}")
+    if not out:
+        raise ConfigError("the sweep lists no tasks")
+    return out
+
+
+def expand(spec: dict) -> Plan:
+    """All cells of the grid, validated, deduplicated, bases first."""
+    unknown = set(spec) - {"name", "methods", "tasks", "seeds", "ood", "base_settings", *RUN_KEYS}
+    if unknown:
+        raise ConfigError(f"unknown sweep keys: {', '.join(sorted(unknown))}")
+    run_kw = {k: spec[k] for k in RUN_KEYS if k in spec}
+    seeds = spec.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    base_settings = dict(spec.get("base_settings") or {})
+    plan, seen = Plan(spec["name"]), set()
+
+    def add(cell: Cell):
+        if cell.run_id not in seen:
+            seen.add(cell.run_id)
+            plan.cells.append(cell)
+
+    dependants = []
+    for task, ood in _tasks(spec):
+        for seed in seeds:
+            for name, settings in _methods(spec):
+                cls = get_method(name)
+                extra = {"base_settings": base_settings} if (cls.posthoc or getattr(cls, "uses_base_adapter", False)) else {}
+                cfg = build_run_config(name, task, settings, seed=seed, ood=ood, **run_kw, **extra)
+                base = base_run_config(cfg)
+                if base is not None:
+                    add(Cell(base))
+                    dependants.append(Cell(cfg, depends_on=base.run_id))
+                else:
+                    add(Cell(cfg))
+    for c in dependants:
+        add(c)
+    return plan
+
+
+def estimate_seconds(plan: Plan, results: Path) -> float:
+    """Rough cost: the mean wall time of finished runs of the same method (and model) in `results`,
+    else a per-method guess scaled by the training-set limit."""
+    seen: dict[tuple, list[float]] = {}
+    for f in Path(results).glob("*/result.json"):
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if r.get("status") == "done":
+            seen.setdefault((r["config"]["method"], r["config"]["model"]), []).append(sum(r["timings"].values()))
+    total = 0.0
+    for c in plan.cells:
+        past = seen.get((c.cfg.method, c.cfg.model))
+        if past:
+            total += sum(past) / len(past)
+        else:
+            n = c.cfg.limit_train or 1000
+            total += (2.0 if get_method(c.cfg.method).posthoc else 6.0) * n * (3 if c.cfg.model != "tiny-random-llama" else 0.01)
+    return total
+
+
+def describe(plan: Plan, results: Path) -> str:
+    st = plan.status(results)
+    done = sum(v == "done" for v in st.values())
+    failed = sum(v == "failed" for v in st.values())
+    bases = {c.depends_on for c in plan.cells if c.depends_on}
+    users = {b: sum(c.depends_on == b for c in plan.cells) for b in bases}
+    lines = [f"sweep {plan.name}: {len(plan.cells)} cells, {done} done, {failed} failed, "
+             f"{len(plan.cells) - done - failed} to run"]
+    for b, n in sorted(users.items()):
+        lines.append(f"  shared: lora adapter {b} is trained once and reused by {n} post-hoc/ensemble cells")
+    todo = Plan(plan.name, [c for c in plan.cells if st[c.run_id] != "done"])
+    lines.append(f"  rough cost of what is left: {estimate_seconds(todo, results) / 60:.1f} min on this machine")
+    for c in plan.cells:
+        lines.append(f"  [{st[c.run_id]:>7}] {c.run_id}" + (f"  (after {c.depends_on})" if c.depends_on else ""))
+    return "\n".join(lines)
