@@ -147,8 +147,9 @@ def postgres(tmp_path):
     if bin_dir is None or shutil.which("runuser") is None:
         pytest.skip("PostgreSQL server binaries not installed (.ci/install.sh installs Debian's postgresql)")
     pytest.importorskip("psycopg2")
-    data = tmp_path / "pg"
-    data.mkdir()
+    import tempfile
+    # not under tmp_path: pytest's temp root is private to root, and the server runs as the postgres user
+    data = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if os.geteuid() == 0:
         shutil.chown(data, "postgres")
@@ -166,6 +167,7 @@ def postgres(tmp_path):
         yield f"postgresql+psycopg2://bench@127.0.0.1:{port}/sweeps"
     finally:
         subprocess.run(as_pg + [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_three_workers_on_postgresql_run_each_cell_once(tmp_path, data_dir, postgres):
