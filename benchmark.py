@@ -118,6 +118,20 @@ def cmd_worker(a) -> int:
     return 0
 
 
+def cmd_tune(a) -> int:
+    from methods.settings import parse_set_args
+    from runners.tune import tune
+
+    run_kw = dict(model=a.model, seed=a.seed, scoring=a.scoring, normalization=a.normalization,
+                  limit_train=a.limit_train, limit_eval=a.limit_eval, n_samples=a.n_samples, precision=a.precision,
+                  quant=a.quant, eval_batch_size=a.eval_batch_size, base_settings=parse_set_args(a.base_set))
+    study = tune(a.method, a.task, a.trials, Path(a.results), storage=a.storage, study_name=a.study,
+                 sampler=a.sampler, ece_max=a.ece_max, fixed=parse_set_args(a.set), ood=a.ood, run_kw=run_kw,
+                 data_dir=a.data_dir, device=a.device)
+    print(f"study {study.study_name}: {len(study.trials)} trials, {len(study.best_trials)} on the Pareto front")
+    return 0
+
+
 def cmd_list(a) -> int:
     if a.what == "methods":
         from methods.registry import list_methods
@@ -138,6 +152,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="benchmark.py", description="Bayesian parameter-efficient fine-tuning benchmark")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_run_args(sub.add_parser("run", help="run one benchmark cell (method x task x seed)"))
+    tp = sub.add_parser("tune", help="multi-objective search (ACC, ECE, NLL on validation) with Optuna")
+    add_run_args(tp)
+    tp.add_argument("--trials", type=int, required=True)
+    tp.add_argument("--storage", default=None, help="Optuna storage: a .journal file or an RDB URL (default: <results>/.sweeps.journal)")
+    tp.add_argument("--study", default=None, help="study name (default tune-<method>-<task>)")
+    tp.add_argument("--sampler", default="tpe", help="tpe (multivariate, default) | nsga2 | gp")
+    tp.add_argument("--ece-max", type=float, default=None, help="constraint: only trials with validation ECE <= this are feasible")
     sp = sub.add_parser("sweep", help="run a grid of cells from a YAML file or preset (quick, commonsense, paper)")
     sp.add_argument("spec", help="a sweep YAML file or a preset name")
     sp.add_argument("--dry-run", action="store_true", help="print the plan and stop")
@@ -157,7 +178,7 @@ def main(argv=None) -> int:
     from methods.base import ConfigError
     from tasks import TaskError
     try:
-        return {"run": cmd_run, "sweep": cmd_sweep, "worker": cmd_worker, "list": cmd_list}[a.cmd](a)
+        return {"run": cmd_run, "tune": cmd_tune, "sweep": cmd_sweep, "worker": cmd_worker, "list": cmd_list}[a.cmd](a)
     except (ConfigError, TaskError, BackboneError, FileNotFoundError) as e:  # bad input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2

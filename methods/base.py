@@ -27,7 +27,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class MethodConfig:
-    """Base of every method's settings. Subclasses add typed fields with defaults and extend `validate`."""
+    """Base of every method's settings. Subclasses add typed fields with defaults and extend `validate`.
+
+    `search_space` declares what `benchmark.py tune` may vary, next to the settings themselves:
+    {name: ("float", low, high, log) | ("int", low, high) | ("categorical", [choices])}.
+    """
+
+    search_space: ClassVar[dict] = {}
 
     def validate(self) -> None:  # pragma: no cover - overridden
         pass

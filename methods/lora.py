@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -19,6 +20,7 @@ class LoRAConfig(TrainConfig):
     alpha: float = 16.0
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    search_space: ClassVar[dict] = {**TrainConfig.search_space, "r": ("categorical", [4, 8, 16])}
 
     def validate(self) -> None:
         super().validate()

@@ -54,3 +54,19 @@ def parse_set_args(pairs: list[str]) -> dict[str, str]:
         k, v = p.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def suggest(trial, space: dict) -> dict:
+    """Settings drawn by an Optuna trial from a method's declared `search_space`."""
+    out = {}
+    for name, spec in space.items():
+        kind = spec[0]
+        if kind == "float":
+            out[name] = trial.suggest_float(name, spec[1], spec[2], log=bool(spec[3]) if len(spec) > 3 else False)
+        elif kind == "int":
+            out[name] = trial.suggest_int(name, spec[1], spec[2])
+        elif kind == "categorical":
+            out[name] = trial.suggest_categorical(name, list(spec[1]))
+        else:
+            raise ConfigError(f"search space entry {name}: unknown kind {kind!r}")
+    return out

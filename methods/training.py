@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ class TrainConfig(MethodConfig):
     batch_size: int = 8
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    search_space: ClassVar[dict] = {"lr": ("float", 1e-5, 2e-3, True), "weight_decay": ("float", 0.0, 0.1, False)}
 
     def validate(self) -> None:
         if self.lr <= 0:

@@ -35,6 +35,7 @@ class RunConfig:
     eval_batch_size: int = 8
     n_samples: int | None = None       # posterior samples at test time; None = the method's default
     settings: dict = field(default_factory=dict)  # the method's full config (defaults filled in)
+    eval_split: str = "test"           # "validation": score the held-out split instead (tuning; no OOD sets)
     adapter: str | None = None         # post-hoc methods: an existing PEFT adapter directory
     base_settings: dict = field(default_factory=dict)  # post-hoc methods: `lora` settings of the base adapter
 
@@ -51,7 +52,11 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=list)
+        # Run-level fields at their default value stay out of the hash, so adding a new field with a default
+        # keeps existing run ids (and their results) valid. Method settings enter in full (defaults filled in).
+        defaults = RunConfig(method=self.method, task=self.task).to_dict()
+        identity = {k: v for k, v in self.to_dict().items() if k in ("method", "task", "settings") or v != defaults[k]}
+        blob = json.dumps(identity, sort_keys=True, default=list)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"{self.method}-{self.task.replace(':', '_').replace('/', '_')[:40]}-s{self.seed}-{digest}"
 
@@ -73,6 +78,10 @@ def build_run_config(method: str, task: str, overrides: dict | None = None, **kw
         raise ConfigError(f"eval-batch-size={cfg.eval_batch_size} must be >= 1")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"val-fraction={cfg.val_fraction} must be in (0, 1)")
+    if cfg.eval_split not in ("test", "validation"):
+        raise ConfigError(f"eval_split={cfg.eval_split!r} must be test or validation")
+    if cfg.eval_split == "validation" and cfg.ood:
+        raise ConfigError("OOD sets are evaluated on their test split; leave them out when eval_split=validation")
     if task in cfg.ood:
         raise ConfigError(f"{task} is the training task; it cannot also be an OOD set")
     if cfg.adapter is not None and not cls.posthoc:

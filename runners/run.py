@@ -97,7 +97,8 @@ def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: P
         split_kw = dict(data_dir=data_dir, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction)
         train = load_split(cfg.task, "train", limit=cfg.limit_train, **split_kw)
         val = load_split(cfg.task, "validation", **split_kw)
-        evals = {t: load_split(t, "test", limit=cfg.limit_eval, **split_kw) for t in (cfg.task, *cfg.ood)}
+        evals = {cfg.task: load_split(cfg.task, cfg.eval_split, limit=cfg.limit_eval, **split_kw),
+                 **{t: load_split(t, "test", limit=cfg.limit_eval, **split_kw) for t in cfg.ood}}
     method = cls(mcfg, backbone, scorer, cfg.seed)
     with phases("fit"):
         fitted = method.fit(FitData(train=train, validation=val, workdir=out,

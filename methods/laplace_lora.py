@@ -1,0 +1,177 @@
+"""`laplace_lora`: post-hoc Laplace approximation over the LoRA weights (Yang et al., ICLR 2024).
+
+Starting from a trained `lora` adapter (the MAP), the base model stays frozen and the LoRA matrices get a
+Gaussian posterior N(theta_MAP, (H + lam I)^-1):
+- H: the exact GGN of the K-class categorical likelihood on the scorer's class logits, per lora_A / lora_B
+  matrix, Kronecker-factored (`kron`, sides above `kfac_full_max` kept at rank `n_kfac` by incremental SVD)
+  or diagonal (`diag`); see methods/laplace/curvature.py.
+- lam: maximises the Laplace marginal likelihood on train (`marglik`), minimises validation NLL (`val_nll`),
+  or is given (`fixed`).
+- predictive: linearised over the class logits (`glm`, with a `probit` or `mc` link) or by sampling LoRA
+  weights (`nn`).
+
+Not `stochastic`: the probit predictive is deterministic, and the sampled ones (`link=mc`, `predictive=nn`)
+average their own `mc_samples` / `nn_samples` draws inside predict_logprobs, drawn from the evaluation's
+generator, so the runner's S is 1 and [B, 1, K] is the Bayesian model average (--samples is not used).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from methods.adapter import load_adapter
+from methods.base import ConfigError, FitData, Method, MethodConfig
+from methods.laplace.curvature import KFAC_APPROX, fit_curvature
+from methods.laplace.hooks import SUBSETS, posterior_layers
+from methods.laplace.posterior import LAYER_KINDS
+from methods.laplace.predictive import LINKS, PREDICTIVES, glm_logits, glm_logprobs, nn_logprobs
+from methods.laplace.prior import choose_marglik, choose_val_nll, grid, log_marglik
+
+PRIOR_METHODS = ("marglik", "val_nll", "fixed")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass
+class LaplaceLoRAConfig(MethodConfig):
+    hessian_structure: str = "kron"   # kron | diag
+    kfac_approx: str = "reduce"       # kron over sequences: reduce (per example) | expand (every token a sample)
+    n_kfac: int = 10                  # rank kept for Kronecker sides larger than kfac_full_max
+    kfac_full_max: int = 256          # sides up to this size stay full d x d
+    subset: str = "all"               # all | last_layer (LoRA modules of the last adapted block only)
+    prior_method: str = "marglik"     # marglik | val_nll | fixed
+    prior_precision: float = 1.0      # the value used by prior_method=fixed
+    prior_grid_min: float = 1e-4
+    prior_grid_max: float = 1e4
+    prior_grid_size: int = 21         # log-spaced grid for marglik (then refined) and val_nll
+    predictive: str = "glm"           # glm (linearised) | nn (sampled LoRA weights)
+    link: str = "probit"              # glm: probit (deterministic) | mc
+    mc_samples: int = 100             # link=mc: Gaussian logit samples per example
+    nn_samples: int = 10              # predictive=nn: weight samples (one forward each)
+    batch_size: int = 8               # curvature and validation passes
+
+    def validate(self) -> None:
+        _one_of("hessian_structure", self.hessian_structure, tuple(LAYER_KINDS))
+        _one_of("kfac_approx", self.kfac_approx, KFAC_APPROX)
+        _one_of("subset", self.subset, SUBSETS)
+        _one_of("prior_method", self.prior_method, PRIOR_METHODS)
+        _one_of("predictive", self.predictive, PREDICTIVES)
+        _one_of("link", self.link, LINKS)
+        for name in ("n_kfac", "kfac_full_max", "mc_samples", "nn_samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if not self.prior_precision > 0:
+            raise ConfigError(f"prior_precision={self.prior_precision} must be > 0")
+        if not 0 < self.prior_grid_min < self.prior_grid_max:
+            raise ConfigError(f"prior grid [{self.prior_grid_min}, {self.prior_grid_max}] must satisfy "
+                              "0 < prior_grid_min < prior_grid_max (e.g. 1e-4 and 1e4)")
+        if self.prior_grid_size < 2:
+            raise ConfigError(f"prior_grid_size={self.prior_grid_size} must be >= 2")
+
+
+class LaplaceLoRA(Method):
+    """Laplace-LoRA: post-hoc Gaussian posterior over the LoRA weights, KFAC GGN, linearised predictive."""
+
+    name = "laplace_lora"
+    Config = LaplaceLoRAConfig
+    posthoc = True
+    stochastic = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model, self.layers, self.posterior, self.prior_precision = None, [], {}, None
+
+    # ---- fit ----------------------------------------------------------------------------------------
+    def fit(self, data: FitData) -> dict:
+        cfg = self.config
+        if data.adapter_dir is None:
+            raise ConfigError("laplace_lora is post-hoc: it needs a trained LoRA adapter (FitData.adapter_dir)")
+        self.model = load_adapter(self.backbone, data.adapter_dir)
+        self.layers = posterior_layers(self.model, cfg.subset)
+        t0 = time.perf_counter()
+        self.posterior, loglik = fit_curvature(self.model, self.scorer, self.backbone, self.layers, data.train,
+                                               cfg.batch_size, cfg.hessian_structure, cfg.kfac_approx,
+                                               cfg.kfac_full_max, cfg.n_kfac)
+        t1 = time.perf_counter()
+        theta_sq = float(sum(m.weight.detach().double().pow(2).sum() for _, m in self.layers))
+        lams = grid(cfg.prior_grid_min, cfg.prior_grid_max, cfg.prior_grid_size)
+        curve = []
+        if cfg.prior_method == "marglik":
+            self.prior_precision, curve = choose_marglik(self.posterior, theta_sq, loglik, lams)
+        elif cfg.prior_method == "val_nll":
+            if not data.validation:
+                raise ConfigError("prior_method=val_nll needs validation examples; use prior_method=marglik")
+            self.prior_precision, curve = choose_val_nll(self, data.validation, lams)
+        else:
+            self.prior_precision = float(cfg.prior_precision)
+        t2 = time.perf_counter()
+        lml = float(log_marglik(self.posterior, theta_sq, loglik, torch.tensor([self.prior_precision]))[0])
+        self.fitted = {
+            "prior_precision": self.prior_precision, "prior_method": cfg.prior_method,
+            "prior_grid": lams.tolist() if cfg.prior_method != "fixed" else [],
+            "prior_curve": curve,  # marglik: log marginal likelihood per grid point; val_nll: NLL per grid point
+            "log_marglik": lml, "train_loglik_map": loglik, "structure": cfg.hessian_structure,
+            "kfac_approx": cfg.kfac_approx if cfg.hessian_structure == "kron" else None,
+            "curvature": "exact K-class GGN", "n_kfac": cfg.n_kfac, "kfac_full_max": cfg.kfac_full_max,
+            "low_rank_layers": sum(1 for p in self.posterior.values() if getattr(p, "complete", True) is False),
+            "subset": cfg.subset, "n_layers": len(self.layers), "posterior_params": self.trainable_parameters(),
+            "n_examples": len(data.train), "kfac_seconds": t1 - t0, "prior_seconds": t2 - t1,
+            "adapter_dir": str(data.adapter_dir),
+        }
+        return self.fitted
+
+    # ---- predict ------------------------------------------------------------------------------------
+    def predict_logprobs(self, batch, n_samples, generator):
+        cfg, lam = self.config, self.prior_precision
+        if cfg.predictive == "nn":
+            logp = nn_logprobs(self.model, self.scorer, self.backbone, self.layers, self.posterior, batch, lam,
+                               cfg.nn_samples, generator)
+        else:
+            mean, cov = glm_logits(self.model, self.scorer, self.backbone, self.layers, self.posterior, batch,
+                                   torch.tensor([lam]))
+            logp = glm_logprobs(mean, cov[0], batch.choice_mask, cfg.link, cfg.mc_samples, generator)
+        return logp.unsqueeze(1)
+
+    # ---- persistence --------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(path / "adapter"))  # the MAP: load() needs nothing else
+        tensors = {f"{i}.{k}": v.detach().cpu().contiguous()
+                   for i, (name, _) in enumerate(self.layers) for k, v in self.posterior[name].state().items()}
+        save_file(tensors, str(path / "laplace.safetensors"))
+        meta = {"structure": next(iter(self.posterior.values())).kind, "prior_precision": self.prior_precision,
+                "layers": [{"name": n, "shape": list(m.weight.shape)} for n, m in self.layers],
+                "config": self.config.to_dict(), "fitted": self.fitted}
+        (path / "laplace.json").write_text(json.dumps(meta, indent=1))
+
+    def load(self, path: Path) -> None:
+        from safetensors.torch import load_file
+        path = Path(path)
+        meta = json.loads((path / "laplace.json").read_text())
+        self.model = load_adapter(self.backbone, path / "adapter")
+        mods = dict(self.model.named_modules())
+        missing = [l["name"] for l in meta["layers"] if l["name"] not in mods]
+        if missing:
+            raise ConfigError(f"saved posterior at {path} names LoRA layers {missing[:3]} the adapter lacks")
+        self.layers = [(l["name"], mods[l["name"]]) for l in meta["layers"]]
+        t = load_file(str(path / "laplace.safetensors"))
+        kind = LAYER_KINDS[meta["structure"]]
+        self.posterior = {
+            l["name"]: kind.from_state(l["shape"], {k.split(".", 1)[1]: v for k, v in t.items()
+                                                    if k.split(".", 1)[0] == str(i)}).to(self.backbone.device)
+            for i, l in enumerate(meta["layers"])}
+        self.prior_precision = meta["prior_precision"]
+        self.fitted = meta["fitted"]
+
+    def trainable_parameters(self) -> int:
+        """Parameters with a posterior (the LoRA weights of `subset`)."""
+        return sum(p.n_params for p in self.posterior.values())

@@ -1,0 +1,79 @@
+"""Multi-objective hyperparameter search with Optuna: maximise ACC, minimise ECE and NLL on the held-out
+validation split (never the test split); the Pareto trials are then re-run on the test split (with OOD
+sets) as ordinary results, so they join tables and plots.
+
+Each trial is an ordinary run (content-hashed under the results directory), so a resumed study reuses
+finished cells. The study lives in an Optuna storage (journal file or RDB URL), opens in optuna-dashboard,
+and resumes with load_if_exists. Samplers are explicit, since Optuna 5 changed its defaults.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+
+from methods.base import ConfigError
+from methods.registry import get_method
+from methods.settings import suggest
+from runners.config import build_run_config
+from runners.queue import open_storage
+
+SAMPLERS = ("tpe", "nsga2", "gp")
+METRICS = ("acc", "ece", "nll")
+
+
+def make_sampler(name: str, seed: int, constraints=None):
+    if name == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, seed=seed, constraints_func=constraints)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
+    raise ConfigError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
+
+
+def tune(method: str, task: str, trials: int, results: Path, *, storage: str | None = None,
+         study_name: str | None = None, sampler: str = "tpe", ece_max: float | None = None,
+         fixed: dict | None = None, ood: tuple[str, ...] = (), run_kw: dict | None = None,
+         data_dir: str | None = None, device: str = "auto", log=print) -> optuna.Study:
+    from runners.run import execute
+
+    cls = get_method(method)
+    space = cls.Config.search_space
+    if not space:
+        raise ConfigError(f"{method} declares no search space (nothing to tune)")
+    if trials < 1:
+        raise ConfigError(f"--trials {trials} must be >= 1")
+    run_kw, fixed = dict(run_kw or {}), dict(fixed or {})
+    build_run_config(method, task, fixed, eval_split="validation", **run_kw)  # fail on bad input up front
+    constraints = (lambda t: [t.user_attrs.get("ece", 1.0) - ece_max]) if ece_max is not None else None
+    study = optuna.create_study(study_name=study_name or f"tune-{method}-{task}", storage=open_storage(storage, results),
+                                directions=["maximize", "minimize", "minimize"], load_if_exists=True,
+                                sampler=make_sampler(sampler, run_kw.get("seed", 0), constraints))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(METRICS))
+
+    def objective(trial: optuna.Trial):
+        settings = {**fixed, **suggest(trial, space)}
+        cfg = build_run_config(method, task, settings, eval_split="validation", **run_kw)
+        trial.set_user_attr("settings", json.dumps(settings))
+        trial.set_user_attr("run_id", cfg.run_id)
+        m = execute(cfg, results, data_dir=data_dir, device=device)["metrics"][task]
+        trial.set_user_attr("ece", m["ece"])
+        log(f"trial {trial.number}: {settings} -> acc={m['acc']:.4f} ece={m['ece']:.4f} nll={m['nll']:.4f}")
+        return m["acc"], m["ece"], m["nll"]
+
+    done = sum(t.state.is_finished() for t in study.trials)
+    study.optimize(objective, n_trials=max(0, trials - done), catch=(RuntimeError, FloatingPointError))
+    test_runs = {}
+    for t in study.best_trials:  # Pareto front (feasible trials only when a constraint is set)
+        cfg = build_run_config(method, task, json.loads(t.user_attrs["settings"]), ood=ood, **run_kw)
+        rec = execute(cfg, results, data_dir=data_dir, device=device)
+        test_runs[str(t.number)] = cfg.run_id
+        m = rec["metrics"][task]
+        log(f"pareto trial {t.number}: test acc={m['acc']:.4f} ece={m['ece']:.4f} nll={m['nll']:.4f} -> {cfg.run_id}")
+    study.set_user_attr("pareto_test_runs", test_runs)  # finished trials are immutable; the study is not
+    return study
