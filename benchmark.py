@@ -132,6 +132,14 @@ def cmd_tune(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from runners.report import report
+    out = Path(a.out) if a.out else Path(a.results) / "report"
+    for p in report(Path(a.results), out, n_boot=a.bootstrap):
+        print(p)
+    return 0
+
+
 def cmd_list(a) -> int:
     if a.what == "methods":
         from methods.registry import list_methods
@@ -171,6 +179,10 @@ def main(argv=None) -> int:
     wp.add_argument("--study", required=True)
     wp.add_argument("--storage", default=None)
     wp.add_argument("--name", default=None)
+    rp = sub.add_parser("report", help="leaderboard and cost tables (md, csv, tex) and figures (png, pdf)")
+    rp.add_argument("--results", default=str(ROOT / "results"))
+    rp.add_argument("--out", default=None, help="output directory (default: <results>/report)")
+    rp.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
     lp = sub.add_parser("list", help="list methods, tasks or models")
     lp.add_argument("what", choices=["methods", "tasks", "models"])
     a = ap.parse_args(argv)
@@ -178,7 +190,7 @@ def main(argv=None) -> int:
     from methods.base import ConfigError
     from tasks import TaskError
     try:
-        return {"run": cmd_run, "tune": cmd_tune, "sweep": cmd_sweep, "worker": cmd_worker, "list": cmd_list}[a.cmd](a)
+        return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "sweep": cmd_sweep, "worker": cmd_worker, "list": cmd_list}[a.cmd](a)
     except (ConfigError, TaskError, BackboneError, FileNotFoundError) as e:  # bad input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,55 @@
+"""Read finished runs into pandas: one row per (run, evaluated task). Reports and notebooks start here."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+METRIC_COLS = ("acc", "ece", "nll", "brier", "auroc", "aurc", "ood_auroc_maxprob")
+
+
+def _variant(rec: dict) -> str:
+    """Method name, plus a short settings hash when the same method appears with other settings."""
+    blob = json.dumps(rec["config"]["settings"], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:6]
+
+
+def load_results(results: Path, eval_split: str = "test") -> pd.DataFrame:
+    rows = []
+    for f in sorted(Path(results).glob("*/result.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        cfg = rec.get("config", {})
+        if rec.get("status") != "done" or cfg.get("eval_split", "test") != eval_split:
+            continue
+        t = rec.get("timings", {})
+        mem = rec.get("memory", {})
+        for task, m in rec["metrics"].items():
+            rows.append({
+                "run_id": rec["run_id"], "method": cfg["method"], "settings_id": _variant(rec), "train_task": cfg["task"],
+                "eval_task": task, "role": m["role"], "seed": cfg["seed"], "model": cfg["model"],
+                "scoring": rec["scoring"]["mode"], "n": m["n"], "n_samples": rec["method"]["n_samples"],
+                **{k: m.get(k, np.nan) for k in METRIC_COLS},
+                "fit_s": t.get("fit", np.nan), "eval_s": sum(v for k, v in t.items() if k.startswith("eval:")),
+                "peak_rss_mb": max((v.get("peak_rss_mb", 0) for v in mem.values()), default=np.nan),
+                "posthoc": rec["method"]["posthoc"], "base_run": rec.get("base_run"),
+                "trainable_parameters": rec["method"].get("trainable_parameters"),
+                "run_dir": str(f.parent),
+            })
+    df = pd.DataFrame(rows)
+    if len(df):
+        n_variants = df.groupby("method")["settings_id"].transform("nunique")
+        df["label"] = np.where(n_variants > 1, df["method"] + "@" + df["settings_id"], df["method"])
+    return df
+
+
+def load_predictions(run_dir: str, task: str) -> tuple[np.ndarray, np.ndarray]:
+    rows = [json.loads(line) for line in open(Path(run_dir) / "predictions" / f"{task}.jsonl")]
+    K = max(len(r["probs"]) for r in rows)
+    probs = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
+    return probs / probs.sum(1, keepdims=True), np.array([r["label"] for r in rows])

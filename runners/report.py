@@ -1,0 +1,117 @@
+"""`benchmark.py report`: leaderboard and cost tables (Markdown, CSV, LaTeX) and figures (PNG, PDF)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metrics import compute_metrics
+from runners.collect import load_predictions, load_results
+
+HIGHER_BETTER = {"acc": True, "ece": False, "nll": False, "brier": False, "auroc": True, "aurc": False,
+                 "ood_auroc_maxprob": True}
+ID_COLS = ("acc", "ece", "nll", "brier", "aurc")
+OOD_COLS = ("acc", "ece", "nll", "ood_auroc_maxprob")
+
+
+def bootstrap_ci(group: pd.DataFrame, metric: str, n_boot: int = 500, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the seed-mean metric, resampling test examples (the same resample for every seed)."""
+    rng = np.random.default_rng(seed)
+    preds = [load_predictions(r.run_dir, r.eval_task) for r in group.itertuples()]
+    n = len(preds[0][1])
+    stats = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        stats.append(np.mean([compute_metrics(p[idx], y[idx])[metric] for p, y in preds if len(y) == n]))
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def leaderboard(df: pd.DataFrame, cols, n_boot: int = 200) -> pd.DataFrame:
+    """One row per (model, scoring, train task, eval task, method): mean, std over seeds, bootstrap CI."""
+    keys = ["model", "scoring", "train_task", "eval_task", "label"]
+    out = []
+    for key, g in df.groupby(keys, sort=True):
+        row = dict(zip(keys, key), seeds=len(g), n=int(g["n"].iloc[0]))
+        for c in cols:
+            row[c] = g[c].mean()
+            row[c + "_std"] = g[c].std(ddof=1) if len(g) > 1 else 0.0
+            if n_boot and c in ("acc", "ece", "nll"):
+                row[c + "_lo"], row[c + "_hi"] = bootstrap_ci(g, c, n_boot)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _fmt(row, c, best) -> str:
+    s = f"{row[c]:.3f}"
+    if row.get(c + "_std", 0):
+        s += f" ± {row[c + '_std']:.3f}"
+    if c + "_lo" in row and not pd.isna(row[c + "_lo"]):
+        s += f" [{row[c + '_lo']:.3f}, {row[c + '_hi']:.3f}]"
+    return f"**{s}**" if best else s
+
+
+def render(table: pd.DataFrame, cols) -> pd.DataFrame:
+    """Readable cells; the best value per column and (train task, eval task) is bold."""
+    shown = []
+    for _, g in table.groupby(["model", "scoring", "train_task", "eval_task"], sort=True):
+        best = {c: (g[c].max() if HIGHER_BETTER[c] else g[c].min()) for c in cols}
+        for _, r in g.iterrows():
+            shown.append({"model": r["model"], "scoring": r["scoring"], "train": r["train_task"], "eval": r["eval_task"],
+                          "method": r["label"], "seeds": r["seeds"], "n": r["n"],
+                          **{c: _fmt(r, c, np.isclose(r[c], best[c])) for c in cols}})
+    return pd.DataFrame(shown)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    return "\n".join([head, sep] + ["| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False)])
+
+
+def cost_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Fit (train or post-hoc) and evaluation time and peak memory, as ratios to lora of the same cell."""
+    runs = df.drop_duplicates("run_id")
+    out = []
+    for (model, task, seed), g in runs.groupby(["model", "train_task", "seed"]):
+        base = g[g["method"] == "lora"]
+        if base.empty:
+            continue
+        b = base.iloc[0]
+        for _, r in g.iterrows():
+            out.append({"model": model, "task": task, "seed": seed, "method": r["label"],
+                        "kind": "post-hoc" if r["posthoc"] else "trained", "fit_s": r["fit_s"], "eval_s": r["eval_s"],
+                        "fit_x_lora_train": r["fit_s"] / b["fit_s"], "eval_x_lora": r["eval_s"] / b["eval_s"],
+                        "peak_rss_x_lora": r["peak_rss_mb"] / b["peak_rss_mb"],
+                        "trainable_params": r["trainable_parameters"], "samples": r["n_samples"]})
+    return pd.DataFrame(out)
+
+
+def write_tables(df: pd.DataFrame, out: Path, n_boot: int = 200) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for role, cols in (("id", ID_COLS), ("ood", OOD_COLS)):
+        part = df[df["role"] == role]
+        if part.empty:
+            continue
+        table = leaderboard(part, cols, n_boot)
+        shown = render(table, cols)
+        table.to_csv(out / f"leaderboard_{role}.csv", index=False)
+        (out / f"leaderboard_{role}.md").write_text(to_markdown(shown) + "\n")
+        latex = shown.map(lambda s: s.replace("**", "") if isinstance(s, str) else s)
+        (out / f"leaderboard_{role}.tex").write_text(latex.to_latex(index=False, escape=True))
+        written += [out / f"leaderboard_{role}.{e}" for e in ("csv", "md", "tex")]
+    cost = cost_table(df)
+    if not cost.empty:
+        cost.to_csv(out / "cost.csv", index=False)
+        (out / "cost.md").write_text(to_markdown(cost.round(3)) + "\n")
+        written += [out / "cost.csv", out / "cost.md"]
+    return written
+
+
+def report(results: Path, out: Path, n_boot: int = 200) -> list[Path]:
+    from runners.plots import write_plots
+    df = load_results(results)
+    if df.empty:
+        raise FileNotFoundError(f"no finished runs under {results}")
+    return write_tables(df, out, n_boot) + write_plots(df, results, out)
