@@ -100,7 +100,11 @@ def cmd_sweep(a) -> int:
     cmd = [sys.executable, str(ROOT / "benchmark.py"), "worker", "--study", study, "--results", str(results),
            "--device", a.device] + (["--storage", a.storage] if a.storage else []) + \
           (["--data-dir", data_dir] if data_dir else [])
-    procs = [subprocess.Popen(cmd + ["--name", f"w{i}"]) for i in range(a.workers)]
+    # N torch processes with the default thread count each oversubscribe the cores, and OpenMP threads that
+    # spin against each other slow everything down many times over: give each worker its share.
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, a.workers)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    procs = [subprocess.Popen(cmd + ["--name", f"w{i}"], env=env) for i in range(a.workers)]
     codes = [p.wait() for p in procs]
     st = plan.status(results)
     bad = [k for k, v in st.items() if v != "done"]

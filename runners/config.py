@@ -86,8 +86,8 @@ def build_run_config(method: str, task: str, overrides: dict | None = None, **kw
         raise ConfigError(f"{task} is the training task; it cannot also be an OOD set")
     if cfg.adapter is not None and not cls.posthoc:
         raise ConfigError(f"--adapter is for post-hoc methods; {method} trains its own adapter")
-    if cfg.base_settings and not cls.posthoc:
-        raise ConfigError(f"--base-set is for post-hoc methods; {method} trains its own adapter")
+    if cfg.base_settings and not (cls.posthoc or getattr(cls, "uses_base_adapter", False)):
+        raise ConfigError(f"--base-set is for methods that start from a lora adapter; {method} trains its own")
     cfg.backbone_config().validate()
     base = base_run_config(cfg)  # validates the base adapter's settings up front
     if base is not None:
