@@ -1,0 +1,71 @@
+"""Reports and the notebook, on a real (tiny) sweep's results."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from runners.collect import load_results
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, data_dir):
+    r = tmp_path_factory.mktemp("results")
+    env = {**os.environ, "BAYESPEFT_DATA_DIR": data_dir}
+    p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "sweep", "tiny", "--results", str(r)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "tune", "--method", "lora", "--task", "arc_easy",
+                        "--model", "tiny-random-llama", "--trials", "3", "--limit-train", "8", "--limit-eval", "6",
+                        "--set", "epochs=1", "--precision", "fp32", "--results", str(r)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return r
+
+
+def test_report_tables_and_plots(results, tmp_path):
+    out = tmp_path / "report"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "report", "--results", str(results),
+                        "--out", str(out), "--bootstrap", "20"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    md = (out / "leaderboard_id.md").read_text()
+    for m in ("lora", "temperature", "tfb"):
+        assert f"| {m}" in md
+    assert "**" in md and "loglik" in md  # best marked; scoring shown
+    csv = pd.read_csv(out / "leaderboard_id.csv")
+    assert {"acc", "acc_lo", "acc_hi", "ece", "nll", "n", "seeds"} <= set(csv.columns)
+    assert ((csv["acc_lo"] <= csv["acc"]) & (csv["acc"] <= csv["acc_hi"])).all()
+    assert "\\begin{tabular}" in (out / "leaderboard_id.tex").read_text()
+    cost = pd.read_csv(out / "cost.csv")
+    assert cost.loc[cost.method.str.startswith("lora"), "fit_x_lora_train"].iloc[0] == pytest.approx(1.0)
+    for name in ("reliability_arc_easy_arc_easy", "pareto_arc_easy", "cost", "study_tune-lora-arc_easy"):
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000
+
+
+def test_tuning_runs_stay_out_of_the_leaderboard(results):
+    df = load_results(results)
+    assert set(df.eval_task) == {"arc_easy", "mmlu_chem"}
+    val = load_results(results, eval_split="validation")
+    assert val.run_id.nunique() == 3 and set(val.role) == {"id"}
+
+
+def test_notebook_runs(results):
+    nb = json.loads((ROOT / "notebooks" / "leaderboard.ipynb").read_text())
+    env = {"__name__": "__main__"}
+    os.environ["BAYESPEFT_RESULTS"] = str(results)
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT / "notebooks")
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                exec(compile("".join(cell["source"]), "notebook", "exec"), env)
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("BAYESPEFT_RESULTS")
+    assert len(env["table"]) >= 3 and env["fig"].axes
