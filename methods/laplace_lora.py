@@ -10,6 +10,11 @@ Gaussian posterior N(theta_MAP, (H + lam I)^-1):
 - predictive: linearised over the class logits (`glm`, with a `probit` or `mc` link) or by sampling LoRA
   weights (`nn`).
 
+Cost: one forward plus K - 1 backward passes per batch, both in the curvature pass over train and at
+prediction (GLM); on SmolLM2-135M (8 ARC-Easy questions, loglik scoring, bf16, 1 CPU thread) a MAP forward
+took 0.65 s, a curvature batch 3.9 s and a GLM predictive batch 3.9 s. `predictive=nn` costs nn_samples
+forwards per batch instead.
+
 Not `stochastic`: the probit predictive is deterministic, and the sampled ones (`link=mc`, `predictive=nn`)
 average their own `mc_samples` / `nn_samples` draws inside predict_logprobs, drawn from the evaluation's
 generator, so the runner's S is 1 and [B, 1, K] is the Bayesian model average (--samples is not used).
@@ -93,6 +98,8 @@ class LaplaceLoRA(Method):
         cfg = self.config
         if data.adapter_dir is None:
             raise ConfigError("laplace_lora is post-hoc: it needs a trained LoRA adapter (FitData.adapter_dir)")
+        if cfg.prior_method == "val_nll" and not data.validation:
+            raise ConfigError("prior_method=val_nll needs validation examples; use prior_method=marglik")
         self.model = load_adapter(self.backbone, data.adapter_dir)
         self.layers = posterior_layers(self.model, cfg.subset)
         t0 = time.perf_counter()
@@ -106,8 +113,6 @@ class LaplaceLoRA(Method):
         if cfg.prior_method == "marglik":
             self.prior_precision, curve = choose_marglik(self.posterior, theta_sq, loglik, lams)
         elif cfg.prior_method == "val_nll":
-            if not data.validation:
-                raise ConfigError("prior_method=val_nll needs validation examples; use prior_method=marglik")
             self.prior_precision, curve = choose_val_nll(self, data.validation, lams)
         else:
             self.prior_precision = float(cfg.prior_precision)
@@ -120,9 +125,10 @@ class LaplaceLoRA(Method):
             "log_marglik": lml, "train_loglik_map": loglik, "structure": cfg.hessian_structure,
             "kfac_approx": cfg.kfac_approx if cfg.hessian_structure == "kron" else None,
             "curvature": "exact K-class GGN", "n_kfac": cfg.n_kfac, "kfac_full_max": cfg.kfac_full_max,
-            "low_rank_layers": sum(1 for p in self.posterior.values() if getattr(p, "complete", True) is False),
+            "low_rank_layers": sum(not getattr(p, "complete", True) for p in self.posterior.values()),
             "subset": cfg.subset, "n_layers": len(self.layers), "posterior_params": self.trainable_parameters(),
-            "n_examples": len(data.train), "kfac_seconds": t1 - t0, "prior_seconds": t2 - t1,
+            "n_examples": len(data.train),
+            "kfac_seconds": t1 - t0,  # the curvature pass (diag included) "prior_seconds": t2 - t1,
             "adapter_dir": str(data.adapter_dir),
         }
         return self.fitted

@@ -1,10 +1,11 @@
 """One pass over the training set accumulating the GGN of the K-class categorical likelihood, per LoRA matrix.
 
 Curvature: the exact GGN, not a sampled Fisher. For logits f, the categorical NLL's Hessian w.r.t. f is
-Lambda = diag(p) - p p^T = sum_k p_k (e_k - p)(e_k - p)^T, so backpropagating the K vectors
-c_k = sqrt(p_k) (e_k - p) gives J^T Lambda J = sum_k (J^T c_k)(J^T c_k)^T exactly. The MC Fisher backpropagates
-one sampled e_y - p instead: K times cheaper, but noisy, and its expectation is this same matrix. With
-K <= 5 choices, the K backward passes sharing one forward are affordable, and the fit is deterministic.
+Lambda = diag(p) - p p^T; backpropagating vectors c_j with sum_j c_j c_j^T = Lambda gives
+J^T Lambda J = sum_j (J^T c_j)(J^T c_j)^T exactly. The MC Fisher backpropagates one sampled e_y - p instead:
+cheaper, but noisy, and its expectation is this same matrix. Lambda 1 = 0, so K - 1 vectors suffice (its
+eigenvectors scaled by sqrt(eigenvalue), per example); with K <= 5 choices the K - 1 backward passes sharing
+one forward are affordable (one pass for K = 2), and the fit is deterministic.
 
 `kron`: per layer, H ~ G (x) A with an activation side A and an output-gradient side G. One example's
 gradient of a pseudo-target is sum_t g_t a_t^T over its positions, which a Kronecker product cannot hold
@@ -35,10 +36,15 @@ KFAC_APPROX = ("reduce", "expand")
 
 
 def ggn_vectors(logits: torch.Tensor) -> list[torch.Tensor]:
-    """The K backward vectors c_k [B, K] with sum_k c_k c_k^T = diag(p) - p p^T per example (absent choices: p = 0)."""
-    p = logits.detach().float().softmax(-1)
-    eye = torch.eye(p.shape[1], device=p.device)
-    return [p[:, k:k + 1].sqrt() * (eye[k] - p) for k in range(p.shape[1])]
+    """K - 1 backward vectors c_j [B, K] with sum_j c_j c_j^T = diag(p) - p p^T for every example.
+
+    Any factor of Lambda gives the same curvature (every factor side is a sum of outer products of
+    quantities linear in c_j); the eigen-factor drops Lambda's null direction and saves a backward pass.
+    """
+    p = logits.detach().double().softmax(-1)  # absent choices: p = 0, zero rows and columns
+    e, u = torch.linalg.eigh(torch.diag_embed(p) - p[:, :, None] * p[:, None, :])  # ascending: e[:, 0] = 0
+    c = (u * e.clamp(min=0).sqrt()[:, None, :]).float()
+    return [c[:, :, j] for j in range(1, p.shape[1])]
 
 
 class _Accumulator:

@@ -32,8 +32,9 @@ class KronLayer:
 
     def logdet(self, lam: torch.Tensor) -> torch.Tensor:
         """[P] log det(H + lam I), from the Kronecker eigenvalues; the unkept directions contribute log lam."""
-        kept = torch.log(self.eig.double()[None] + lam.double()[:, None, None]).sum((1, 2))
-        return kept + (self.n_params - self.eig.numel()) * torch.log(lam.double())
+        lam = lam.to(self.eig.device, torch.float64)
+        kept = torch.log(self.eig.double()[None] + lam[:, None, None]).sum((1, 2))
+        return kept + (self.n_params - self.eig.numel()) * torch.log(lam)
 
     def features(self, m: torch.Tensor):
         """What cov() needs of per-example gradients m [B, out, in]: their coordinates p in the eigenbasis,
@@ -87,7 +88,8 @@ class DiagLayer:
         return self.h.numel()
 
     def logdet(self, lam: torch.Tensor) -> torch.Tensor:
-        return torch.log(self.h.double()[None] + lam.double()[:, None, None]).sum((1, 2))
+        lam = lam.to(self.h.device, torch.float64)
+        return torch.log(self.h.double()[None] + lam[:, None, None]).sum((1, 2))
 
     def features(self, m: torch.Tensor):
         return m
