@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -53,6 +54,9 @@ class BayesianLoRAConfig(LoRAConfig):
     beta: float = 1.0                      # weight of KL[q(U) || p(U)]
     predict_mode: str = "mc"               # mc (S samples) | mean (E_q[W], deterministic)
     mean_samples: int = 1024               # draws estimating E_q[U] under a flow (predict_mode=mean)
+
+    search_space: ClassVar[dict] = {**LoRAConfig.search_space, "m_r": ("int", 4, 16), "m_c": ("int", 4, 16),
+                                    "lambda_max": ("float", 0.005, 0.1, True), "prior_sd": ("float", 0.02, 0.5, True)}
 
     def validate(self) -> None:
         super().validate()

@@ -26,6 +26,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -48,6 +49,9 @@ class BLoBConfig(LoRAConfig):
     epsilon: float = 0.05           # initial rho (Omega = rho^2) is uniform in [epsilon/sqrt(2), epsilon]
     kl_schedule: str = "blundell"   # blundell (paper) | uniform (reference default)
     test_mode: str = "sample"       # sample: N posterior samples | mean: A = M (deterministic)
+
+    search_space: ClassVar[dict] = {**LoRAConfig.search_space, "beta": ("float", 0.05, 0.5, True),
+                                    "epsilon": ("float", 0.01, 0.1, True)}
 
     def validate(self) -> None:
         super().validate()

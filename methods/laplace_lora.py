@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -61,6 +62,8 @@ class LaplaceLoRAConfig(MethodConfig):
     mc_samples: int = 100             # link=mc: Gaussian logit samples per example
     nn_samples: int = 10              # predictive=nn: weight samples (one forward each)
     batch_size: int = 8               # curvature and validation passes
+
+    search_space: ClassVar[dict] = {"n_kfac": ("categorical", [5, 10, 20]), "prior_method": ("categorical", ["marglik", "val_nll"])}
 
     def validate(self) -> None:
         _one_of("hessian_structure", self.hessian_structure, tuple(LAYER_KINDS))

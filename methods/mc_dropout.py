@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 from methods.adapter import lora_layers
 from methods.lora import LoRA, LoRAConfig
@@ -22,6 +23,7 @@ from methods.sampling import sampled_logprobs, seed_from, seeded_global_rng
 @dataclass
 class MCDropoutConfig(LoRAConfig):
     dropout: float = 0.1  # lora_dropout, in training and at test ([0, 1); 0 makes it plain lora)
+    search_space: ClassVar[dict] = {**LoRAConfig.search_space, "dropout": ("float", 0.05, 0.3, False)}
 
 
 class MCDropout(LoRA):

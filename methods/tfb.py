@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ class TFBConfig(MethodConfig):
     anchor_labels: str = "true"        # true labels, or the deterministic model's own predictions (no labels)
     anchor_samples: int = 10           # samples per degradation estimate
     relative: str = "true"             # "reference": the reference code's change divided by the anchor size
+
+    search_space: ClassVar[dict] = {"sigma_max": ("float", 0.005, 0.5, True), "epsilon": ("float", 1e-3, 0.05, True)}
 
     def validate(self) -> None:
         if not 0 <= self.sigma_min < self.sigma_max:
