@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backbones import Scorer, load_backbone
+from backbones import BackboneError, Scorer, load_backbone
 from methods.base import ConfigError, FitData
 from methods.registry import get_method
 from metrics import compute_metrics, ood_auroc, predictive_probs, reliability
 from runners.config import RunConfig, base_run_config
 from runners.evaluate import predict
 from runners.results import Phases, environment, read_result, write_json_atomic
-from tasks import check_task, load_split, resolve_data_dir
+from tasks import TaskError, check_task, load_split, resolve_data_dir
 
 
 def preflight(cfg: RunConfig, data_dir: str | None) -> None:
@@ -75,15 +75,23 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
         record.update(_run(cfg, tmp, data_dir, device, phases, adapter))
         record["base_run"] = base.run_id if base is not None else None
         record["status"] = "done"
+    except (ConfigError, BackboneError, TaskError):
+        # bad input found only once the model is loaded (e.g. an adapter of another model): nothing is kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except BaseException as e:  # recorded (Ctrl-C too), then re-raised for the caller (the sweep decides whether to go on)
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
+        _finish(record, phases, tmp, final)
         raise
-    finally:
-        record["timings"], record["memory"] = phases.seconds, phases.memory
-        write_json_atomic(tmp / "result.json", record)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+    _finish(record, phases, tmp, final)
     return record
+
+
+def _finish(record: dict, phases: Phases, tmp: Path, final: Path) -> None:
+    record["timings"], record["memory"] = phases.seconds, phases.memory
+    write_json_atomic(tmp / "result.json", record)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
 
 
 def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: Phases,

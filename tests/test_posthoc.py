@@ -102,3 +102,21 @@ def test_posthoc_runs_reuse_one_lora_adapter(tmp_path, data_dir):
     assert recs[0]["base_run"] == recs[1]["base_run"] and recs[0]["base_run"].startswith("lora-")
     assert len(list(tmp_path.glob("lora-*"))) == 1
     assert recs[0]["method"]["fitted"]["temperature"] > 0 and recs[1]["method"]["fitted"]["sigma_q"] > 0
+
+
+def test_cli_adapter_of_another_model_exit_2_nothing_written(adapter, tmp_path, data_dir):
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in adapter.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["c_attn"]}))
+    p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "run", "--method", "temperature", "--task", "arc_easy",
+                        "--model", "tiny-random-llama", "--adapter", str(bad), "--limit-train", "4", "--limit-eval", "4",
+                        "--data-dir", data_dir, "--results", str(tmp_path / "r")], capture_output=True, text=True)
+    assert p.returncode == 2 and "another model" in p.stderr
+    results = tmp_path / "r"
+    assert not results.exists() or not any(results.iterdir())
