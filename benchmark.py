@@ -65,6 +65,19 @@ def cmd_run(a) -> int:
     return 0
 
 
+def spec_from_args(a) -> dict:
+    """A sweep given as CLI lists instead of a YAML file."""
+    from methods.base import ConfigError
+    if not (a.methods and a.tasks):
+        raise ConfigError("give a sweep file or preset, or at least --methods and --tasks")
+    spec = {"name": a.name, "methods": list(a.methods), "seeds": [int(s) for s in a.seeds],
+            "tasks": [{"task": t, "ood": list(a.ood)} for t in a.tasks]}
+    for key in ("model", "scoring", "limit_train", "limit_eval"):
+        if getattr(a, key) is not None:
+            spec[key] = getattr(a, key)
+    return spec
+
+
 def cmd_sweep(a) -> int:
     import subprocess
 
@@ -74,7 +87,7 @@ def cmd_sweep(a) -> int:
     from tasks import check_task, resolve_data_dir
 
     results = Path(a.results)
-    plan = expand(load_spec(a.spec))
+    plan = expand(load_spec(a.spec) if a.spec else spec_from_args(a))
     data_dir = resolve_data_dir(a.data_dir)
     for c in plan.cells:  # every task and OOD set must exist before anything runs
         check_task(c.cfg.task, data_dir=data_dir)
@@ -172,7 +185,16 @@ def main(argv=None) -> int:
     tp.add_argument("--sampler", default="tpe", help="tpe (multivariate, default) | nsga2 | gp")
     tp.add_argument("--ece-max", type=float, default=None, help="constraint: only trials with validation ECE <= this are feasible")
     sp = sub.add_parser("sweep", help="run a grid of cells from a YAML file or preset (quick, commonsense, paper)")
-    sp.add_argument("spec", help="a sweep YAML file or a preset name")
+    sp.add_argument("spec", nargs="?", default=None, help="a sweep YAML file or a preset name (or use the lists below)")
+    sp.add_argument("--methods", type=_csv, default=(), help="instead of a file: comma-separated methods")
+    sp.add_argument("--tasks", type=_csv, default=(), help="instead of a file: comma-separated training tasks")
+    sp.add_argument("--ood", type=_csv, default=(), help="instead of a file: OOD sets for every task")
+    sp.add_argument("--seeds", type=_csv, default=("0",), help="instead of a file: comma-separated seeds")
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--scoring", default=None)
+    sp.add_argument("--limit-train", type=int, default=None)
+    sp.add_argument("--limit-eval", type=int, default=None)
+    sp.add_argument("--name", default="cli", help="sweep name (the shared study is sweep-<name>)")
     sp.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     sp.add_argument("--workers", type=int, default=1, help="local worker processes (shared through --storage)")
     sp.add_argument("--storage", default=None, help="Optuna storage: a .journal file (one machine) or an RDB URL")

@@ -178,3 +178,10 @@ def test_three_workers_on_postgresql_run_each_cell_once(tmp_path, data_dir, post
     cells = _trials_by_cell(open_storage(postgres, results), "sweep-tiny")
     assert len(cells) == 6 and all(states == [TrialState.COMPLETE] for states in cells.values())
     assert len(created(results)) == 6
+
+
+def test_sweep_from_cli_lists(tmp_path, data_dir):
+    p = sweep("--methods", "lora,temperature", "--tasks", "arc_easy", "--ood", "mmlu_chem", "--seeds", "0,1",
+              "--model", "tiny-random-llama", "--limit-train", "8", "--limit-eval", "4", "--dry-run",
+              results=tmp_path / "r", data_dir=data_dir)
+    assert p.returncode == 0 and "4 cells" in p.stdout and "reused by 1" in p.stdout
