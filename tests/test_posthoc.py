@@ -75,14 +75,20 @@ def test_bad_settings(method, settings, needle):
         make_config(get_method(method).Config, settings)
 
 
-def test_adapter_that_does_not_match_backbone(adapter, tmp_path):
-    from methods.adapter import load_adapter
+def foreign_adapter(adapter, tmp_path):
+    """A copy of `adapter` whose config targets modules this backbone does not have."""
     bad = tmp_path / "bad"
     bad.mkdir()
     for f in adapter.iterdir():
         (bad / f.name).write_bytes(f.read_bytes())
     cfg = json.loads((bad / "adapter_config.json").read_text())
     (bad / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["c_attn"]}))
+    return bad
+
+
+def test_adapter_that_does_not_match_backbone(adapter, tmp_path):
+    from methods.adapter import load_adapter
+    bad = foreign_adapter(adapter, tmp_path)
     bb, _ = tiny()
     with pytest.raises(ConfigError, match="does not have"):
         load_adapter(bb, bad)
@@ -108,12 +114,7 @@ def test_cli_adapter_of_another_model_exit_2_nothing_written(adapter, tmp_path, 
     import subprocess
     import sys
     from tests.conftest import ROOT
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in adapter.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
-    cfg = json.loads((bad / "adapter_config.json").read_text())
-    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "target_modules": ["c_attn"]}))
+    bad = foreign_adapter(adapter, tmp_path)
     p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "run", "--method", "temperature", "--task", "arc_easy",
                         "--model", "tiny-random-llama", "--adapter", str(bad), "--limit-train", "4", "--limit-eval", "4",
                         "--data-dir", data_dir, "--results", str(tmp_path / "r")], capture_output=True, text=True)
