@@ -32,6 +32,7 @@ def leaderboard(df: pd.DataFrame, cols, n_boot: int = 200) -> pd.DataFrame:
     keys = ["model", "scoring", "train_task", "eval_task", "label"]
     out = []
     for key, g in df.groupby(keys, sort=True):
+        g = g.drop_duplicates("seed", keep="last")  # the same cell under two run ids (e.g. rerun) counts once
         row = dict(zip(keys, key), seeds=len(g), n=int(g["n"].iloc[0]))
         for c in cols:
             row[c] = g[c].mean()
