@@ -131,7 +131,8 @@ class LaplaceLoRA(Method):
             "low_rank_layers": sum(not getattr(p, "complete", True) for p in self.posterior.values()),
             "subset": cfg.subset, "n_layers": len(self.layers), "posterior_params": self.trainable_parameters(),
             "n_examples": len(data.train),
-            "kfac_seconds": t1 - t0,  # the curvature pass (diag included) "prior_seconds": t2 - t1,
+            "kfac_seconds": t1 - t0,  # the curvature pass (diag included)
+            "prior_seconds": t2 - t1,
             "adapter_dir": str(data.adapter_dir),
         }
         return self.fitted

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import source
-from .custom import custom_path, is_custom, load_custom
+from .custom import is_custom, load_custom
 from .errors import TaskError
 from .registry import SPLITS, TaskSpec, get_spec
 from .types import MCExample
