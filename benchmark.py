@@ -82,17 +82,15 @@ def cmd_sweep(a) -> int:
     import subprocess
 
     from runners.queue import enqueue_missing, open_storage
-    from runners.run import execute
+    from runners.run import execute, preflight
     from runners.sweep import describe, expand, load_spec
-    from tasks import check_task, resolve_data_dir
+    from tasks import resolve_data_dir
 
     results = Path(a.results)
     plan = expand(load_spec(a.spec) if a.spec else spec_from_args(a))
     data_dir = resolve_data_dir(a.data_dir)
-    for c in plan.cells:  # every task and OOD set must exist before anything runs
-        check_task(c.cfg.task, data_dir=data_dir)
-        for t in c.cfg.ood:
-            check_task(t, ("test",), data_dir=data_dir)
+    for c in plan.cells:  # every cell passes the same up-front checks as `run` before anything runs
+        preflight(c.cfg, data_dir)
     print(describe(plan, results))
     if a.dry_run:
         return 0
