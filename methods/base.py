@@ -56,6 +56,8 @@ class Method:
     posthoc: ClassVar[bool] = False     # starts from a trained adapter instead of training one
     stochastic: ClassVar[bool] = False  # S samples differ
     default_samples: ClassVar[int] = 1
+    base_method: ClassVar[str] = "lora"              # post-hoc: the trained method whose adapter it starts from
+    adapter_file: ClassVar[str] = "adapter_config.json"  # the file that marks such an adapter directory
 
     def __init__(self, config: MethodConfig, backbone: Backbone, scorer: Scorer, seed: int):
         self.config, self.backbone, self.scorer, self.seed = config, backbone, scorer, seed

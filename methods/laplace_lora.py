@@ -100,11 +100,12 @@ class LaplaceLoRA(Method):
     def fit(self, data: FitData) -> dict:
         cfg = self.config
         if data.adapter_dir is None:
-            raise ConfigError("laplace_lora is post-hoc: it needs a trained LoRA adapter (FitData.adapter_dir)")
+            raise ConfigError(f"{self.name} is post-hoc: it needs a trained {self.base_method} adapter "
+                              "(FitData.adapter_dir)")
         if cfg.prior_method == "val_nll" and not data.validation:
             raise ConfigError("prior_method=val_nll needs validation examples; use prior_method=marglik")
-        self.model = load_adapter(self.backbone, data.adapter_dir)
-        self.layers = posterior_layers(self.model, cfg.subset)
+        self.model = self._load_model(data.adapter_dir)
+        self.layers = self._posterior_layers()
         t0 = time.perf_counter()
         self.posterior, loglik = fit_curvature(self.model, self.scorer, self.backbone, self.layers, data.train,
                                                cfg.batch_size, cfg.hessian_structure, cfg.kfac_approx,
@@ -137,6 +138,16 @@ class LaplaceLoRA(Method):
         }
         return self.fitted
 
+    # ---- what carries the posterior: subclasses (l_lora_xs) override these three ---------------------
+    def _load_model(self, adapter_dir: Path):
+        return load_adapter(self.backbone, adapter_dir)
+
+    def _posterior_layers(self):
+        return posterior_layers(self.model, self.config.subset)
+
+    def _save_model(self, path: Path) -> None:
+        self.model.save_pretrained(str(path))
+
     # ---- predict ------------------------------------------------------------------------------------
     def predict_logprobs(self, batch, n_samples, generator):
         cfg, lam = self.config, self.prior_precision
@@ -154,7 +165,7 @@ class LaplaceLoRA(Method):
         from safetensors.torch import save_file
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path / "adapter"))  # the MAP: load() needs nothing else
+        self._save_model(path / "adapter")  # the MAP: load() needs nothing else
         tensors = {f"{i}.{k}": v.detach().cpu().contiguous()
                    for i, (name, _) in enumerate(self.layers) for k, v in self.posterior[name].state().items()}
         save_file(tensors, str(path / "laplace.safetensors"))
@@ -167,11 +178,11 @@ class LaplaceLoRA(Method):
         from safetensors.torch import load_file
         path = Path(path)
         meta = json.loads((path / "laplace.json").read_text())
-        self.model = load_adapter(self.backbone, path / "adapter")
+        self.model = self._load_model(path / "adapter")
         mods = dict(self.model.named_modules())
         missing = [l["name"] for l in meta["layers"] if l["name"] not in mods]
         if missing:
-            raise ConfigError(f"saved posterior at {path} names LoRA layers {missing[:3]} the adapter lacks")
+            raise ConfigError(f"saved posterior at {path} names layers {missing[:3]} the adapter lacks")
         self.layers = [(l["name"], mods[l["name"]]) for l in meta["layers"]]
         t = load_file(str(path / "laplace.safetensors"))
         kind = LAYER_KINDS[meta["structure"]]

@@ -12,6 +12,8 @@ from methods.base import ConfigError, Method
 REGISTRY: dict[str, str] = {
     "laplace_lora": "methods.laplace_lora:LaplaceLoRA",
     "lora": "methods.lora:LoRA",
+    "lora_xs": "methods.lora_xs:LoRAXS",
+    "l_lora_xs": "methods.l_lora_xs:LLoRAXS",
     "zero_shot": "methods.zero_shot:ZeroShot",
     "temperature": "methods.temperature:Temperature",
     "tfb": "methods.tfb:TFB",

@@ -100,7 +100,8 @@ SHARED_WITH_BASE = ("model", "seed", "ood", "scoring", "normalization", "limit_t
 
 
 def base_run_config(cfg: RunConfig) -> RunConfig | None:
-    """The `lora` run whose adapter a post-hoc run starts from (same task, seed, data and LoRA settings).
+    """The run whose adapter a post-hoc run starts from: its `base_method` (`lora`, or `lora_xs` for
+    l_lora_xs) with the same task, seed, data and adapter settings.
 
     Methods with `uses_base_adapter` (ensemble: member 0) get the lora run of the settings they share with lora.
     None when the method trains its own adapter or the user gave one with --adapter.
@@ -108,6 +109,6 @@ def base_run_config(cfg: RunConfig) -> RunConfig | None:
     cls = get_method(cfg.method)
     if cfg.adapter is not None or not (cls.posthoc or getattr(cls, "uses_base_adapter", False)):
         return None
-    lora_fields = get_method("lora").Config.__dataclass_fields__
-    settings = cfg.base_settings if cls.posthoc else {k: v for k, v in cfg.settings.items() if k in lora_fields}
-    return build_run_config("lora", cfg.task, settings, **{k: getattr(cfg, k) for k in SHARED_WITH_BASE})
+    base_fields = get_method(cls.base_method).Config.__dataclass_fields__
+    settings = cfg.base_settings if cls.posthoc else {k: v for k, v in cfg.settings.items() if k in base_fields}
+    return build_run_config(cls.base_method, cfg.task, settings, **{k: getattr(cfg, k) for k in SHARED_WITH_BASE})

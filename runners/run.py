@@ -31,8 +31,9 @@ def preflight(cfg: RunConfig, data_dir: str | None) -> None:
     check_task(cfg.task, ("train", "validation", "test"), data_dir=data_dir)
     for t in cfg.ood:
         check_task(t, ("test",), data_dir=data_dir)
-    if cls.posthoc and cfg.adapter is not None and not (Path(cfg.adapter) / "adapter_config.json").is_file():
-        raise ConfigError(f"--adapter {cfg.adapter}: no adapter_config.json there; point it at a PEFT adapter directory")
+    if cls.posthoc and cfg.adapter is not None and not (Path(cfg.adapter) / cls.adapter_file).is_file():
+        raise ConfigError(f"--adapter {cfg.adapter}: no {cls.adapter_file} there; point it at the artifacts "
+                          f"directory of a {cls.base_method} run")
 
 
 def n_samples_for(cfg: RunConfig) -> int:
@@ -60,10 +61,10 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
         return {**done, "skipped": True}
     base = base_run_config(cfg)
     adapter = Path(cfg.adapter) if cfg.adapter else None
-    if base is not None:  # post-hoc / uses_base_adapter: reuse (or first train) the lora adapter of the same cell
+    if base is not None:  # post-hoc / uses_base_adapter: reuse (or first train) the base adapter of the same cell
         base_rec = execute(base, results_dir, data_dir, device)
         if base_rec.get("status") != "done":
-            raise RuntimeError(f"base lora run {base.run_id} did not finish: {base_rec.get('error')}")
+            raise RuntimeError(f"base {base.method} run {base.run_id} did not finish: {base_rec.get('error')}")
         adapter = Path(results_dir) / base.run_id / "artifacts"
     tmp = Path(results_dir) / f".tmp-{cfg.run_id}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,7 @@
 """The contract every registered method must pass (one class, run over the whole registry).
 
-A new method is covered by adding it to methods/registry.py: nothing here names a method except `lora`,
-which post-hoc methods start from.
+A new method is covered by adding it to methods/registry.py: nothing here names a method; post-hoc methods
+start from an adapter of their `base_method`.
 """
 from __future__ import annotations
 
@@ -19,11 +19,17 @@ S = 3
 
 
 @pytest.fixture(scope="session")
-def lora_adapter(tmp_path_factory, data_dir):
-    """A trained `lora` adapter on disk, shared by every post-hoc method."""
-    d = tmp_path_factory.mktemp("lora")
-    build("lora", data_dir, d).save(d / "adapter")
-    return d / "adapter"
+def base_adapter(tmp_path_factory, data_dir):
+    """base_adapter(name): a trained adapter of method `name` on disk (built once), for post-hoc methods."""
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            d = tmp_path_factory.mktemp(name)
+            build(name, data_dir, d).save(d / "adapter")
+            made[name] = d / "adapter"
+        return made[name]
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +38,11 @@ def eval_examples(data_dir):
 
 
 @pytest.fixture(scope="module", params=method_names())
-def fitted(request, tmp_path_factory, data_dir, lora_adapter):
+def fitted(request, tmp_path_factory, data_dir, base_adapter):
     name = request.param
     cls = get_method(name)
     work = tmp_path_factory.mktemp(name)
-    return build(name, data_dir, work, adapter_dir=lora_adapter if cls.posthoc else None), work
+    return build(name, data_dir, work, adapter_dir=base_adapter(cls.base_method) if cls.posthoc else None), work
 
 
 def _predict(method, examples, seed=0):

@@ -27,16 +27,21 @@ def _block(name: str) -> str:
     return ".".join(parts[: idx[-1] + 1]) if idx else name
 
 
+def in_subset(named: list, subset: str) -> list:
+    """The modules of `named` (in model order) that `subset` keeps: all, or those of the last block."""
+    if subset == "last_layer" and named:
+        last = _block(named[-1][0])
+        return [(n, m) for n, m in named if _block(n) == last]
+    return named
+
+
 def posterior_layers(model, subset: str = "all") -> list[tuple[str, nn.Linear]]:
     """(module name, nn.Linear) of every lora_A and lora_B in `subset`, in model order."""
     mods = lora_layers(model)
     if not mods:
         raise ConfigError("the model has no LoRA layers; laplace_lora needs a trained LoRA adapter")
-    if subset == "last_layer":
-        last = _block(mods[-1][0])
-        mods = [(n, m) for n, m in mods if _block(n) == last]
     out = []
-    for name, m in mods:
+    for name, m in in_subset(mods, subset):
         active = [a for a in m.active_adapters if a in m.lora_A]
         if len(active) != 1:
             raise ConfigError(f"{name} has active LoRA adapters {active}; laplace_lora needs exactly one")
