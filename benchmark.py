@@ -155,6 +155,11 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_bench(a) -> int:
+    from bench.cli import main as bench_main
+    return bench_main(a)
+
+
 def cmd_list(a) -> int:
     if a.what == "methods":
         from methods.registry import list_methods
@@ -207,6 +212,8 @@ def main(argv=None) -> int:
     rp.add_argument("--results", default=str(ROOT / "results"))
     rp.add_argument("--out", default=None, help="output directory (default: <results>/report)")
     rp.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
+    from bench.cli import add_bench_args
+    add_bench_args(sub.add_parser("bench", help="performance comparisons against plain loops and laplace-torch"))
     lp = sub.add_parser("list", help="list methods, tasks or models")
     lp.add_argument("what", choices=["methods", "tasks", "models"])
     a = ap.parse_args(argv)
@@ -214,7 +221,8 @@ def main(argv=None) -> int:
     from methods.base import ConfigError
     from tasks import TaskError
     try:
-        return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "sweep": cmd_sweep, "worker": cmd_worker, "list": cmd_list}[a.cmd](a)
+        return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "sweep": cmd_sweep, "worker": cmd_worker, "list": cmd_list,
+                "bench": cmd_bench}[a.cmd](a)
     except (ConfigError, TaskError, BackboneError, FileNotFoundError) as e:  # bad input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
