@@ -19,7 +19,7 @@ from bench.settings import BenchSettings
 
 COMPARISONS = {  # name -> module with run(ctx) -> report
     "train": "bench.train", "score": "bench.score", "laplace": "bench.laplace_torch", "tfb": "bench.tfb",
-    "samples": "bench.samples", "quick": "bench.quick",
+    "samples": "bench.samples", "quick": "bench.quick", "levers": "bench.levers",
 }
 
 

@@ -44,7 +44,7 @@ def doc(tmp_path_factory, data_dir):
 
 
 def test_json_has_every_comparison_with_positive_times(doc):
-    assert list(doc["comparisons"]) == ["train", "score", "laplace", "tfb", "samples", "quick"]
+    assert list(doc["comparisons"]) == ["train", "score", "laplace", "tfb", "samples", "quick", "levers"]
     assert doc["settings"]["model"] == "tiny-random-llama" and doc["peak"]["gflops"] > 0
     for name, rep in doc["comparisons"].items():
         assert "error" not in rep, (name, rep.get("error"))
@@ -59,6 +59,15 @@ def test_json_has_every_comparison_with_positive_times(doc):
     assert lap["ours_pred_seconds_per_batch"] > 0 and lap["laplace_torch_pred_seconds_per_batch"] > 0
     assert c["tfb"]["figures"]["ours_seconds"] > 0 and c["tfb"]["figures"]["plain_seconds"] > 0
     assert c["samples"]["figures"]["t_1_seconds"] > 0 and c["samples"]["figures"]["t_S_seconds"] > 0
+
+
+def test_levers_keep_results(doc):
+    f = doc["comparisons"]["levers"]["figures"]
+    assert f["bf16_cast_linears"] > 0
+    # bf16-stored frozen weights: autocast multiplies the same bf16 values, so results are unchanged
+    assert f["bf16 frozen Linear weights, bf16 autocast"]["max_abs_logprob_diff_vs_default"] < 1e-6
+    assert f["one row per choice, bf16 autocast"]["max_abs_logprob_diff_vs_default"] < 0.05  # bf16 rounding only
+    assert f["fp32 weights, fp32 compute"]["max_abs_logprob_diff_vs_default"] < 0.05
 
 
 def test_train_losses_agree(doc):
