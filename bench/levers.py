@@ -38,7 +38,8 @@ def run(ctx: Context) -> dict:
 
     def timed(scorer: Scorer, precision: str):
         batches = ctx.encode_all(scorer, examples)
-        with torch.no_grad(), ctx.autocast(bb, precision):
+        cast = torch.autocast(bb.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")  # whatever --precision
+        with torch.no_grad(), cast:
             outs, secs = timed_loop(lambda b: scorer.class_logits(bb.model, b).float().log_softmax(-1), batches)
         return torch.cat([o.masked_fill(~torch.isfinite(o), 0) for o in outs]), secs
 
