@@ -41,7 +41,9 @@ def run(ctx: Context) -> dict:
         cast = torch.autocast(bb.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")  # whatever --precision
         with torch.no_grad(), cast:
             outs, secs = timed_loop(lambda b: scorer.class_logits(bb.model, b).float().log_softmax(-1), batches)
-        return torch.cat([o.masked_fill(~torch.isfinite(o), 0) for o in outs]), secs
+        K = max(o.shape[1] for o in outs)  # batches differ in their widest question (3-5 choices)
+        padded = [torch.nn.functional.pad(o, (0, K - o.shape[1]), value=float("-inf")) for o in outs]
+        return torch.cat([o.masked_fill(~torch.isfinite(o), 0) for o in padded]), secs
 
     packed, per_choice = Scorer(bb.tokenizer, "loglik"), Scorer(bb.tokenizer, "loglik", pack=False)
     runs = [("fp32 weights, fp32 compute", packed, "fp32"), ("fp32 weights, bf16 autocast (default)", packed, "bf16"),

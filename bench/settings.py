@@ -28,8 +28,8 @@ class BenchSettings:
     score_examples: int = _opt(24, "score: test questions timed per scorer")
     score_check_examples: int = _opt(4, "score: questions for the fp32 agreement check")
     # shared adapter (laplace, tfb, samples)
-    adapter_examples: int = _opt(32, "training questions of the shared lora adapter (and the Laplace fit data)")
-    adapter_epochs: int = _opt(1, "epochs of the shared lora adapter (timed: the Laplace target's reference)")
+    adapter_examples: int = _opt(100, "training questions of the shared lora adapter (and the Laplace fit data)")
+    adapter_epochs: int = _opt(8, "epochs of the shared lora adapter (timed: the Laplace target's reference)")
     ref_epochs: int = _opt(8, "epochs of a real lora run (quick preset) the Laplace fit is compared with")
     # laplace
     laplace_pred_examples: int = _opt(8, "laplace: test questions for the predictive")
@@ -37,9 +37,9 @@ class BenchSettings:
     laplace_kfac: str = _opt("reduce", "laplace: Kronecker approximation over tokens for both: reduce | expand")
     laplace_full_max: int = _opt(1024, "laplace: ours keeps factor sides up to this size full (laplace-torch always does)")
     # tfb
-    tfb_anchor: int = _opt(16, "tfb: anchor questions")
+    tfb_anchor: int = _opt(100, "tfb: anchor questions (the quick preset's)")
     tfb_samples: int = _opt(5, "tfb: weight samples per degradation estimate")
-    tfb_iterations: int = _opt(4, "tfb: bisection steps")
+    tfb_iterations: int = _opt(6, "tfb: bisection steps (the quick preset's)")
     tfb_sigma_min: float = _opt(1e-4, "tfb: lower sigma bound")
     tfb_sigma_max: float = _opt(0.1, "tfb: upper sigma bound")
     # samples
