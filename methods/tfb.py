@@ -21,6 +21,7 @@ from methods.base import ConfigError, MethodConfig
 from methods.posthoc import PosthocMethod
 from methods.sampling import sampled_logprobs
 from methods.sigma_search import SEARCHES, search
+from tasks.types import length_order
 
 CRITERIA = ("nll", "flip")
 ANCHOR_LABELS = ("true", "pred")
@@ -109,6 +110,7 @@ class TFB(PosthocMethod):
         g = torch.Generator().manual_seed(self.seed)
         idx = torch.randperm(len(data.train), generator=g)[: cfg.anchor_size].tolist()
         anchor = [data.train[i] for i in idx]
+        anchor = [anchor[i] for i in length_order(anchor)]  # length-bucketed batches: less padding per evaluation
         batches = [self.scorer.encode(anchor[i:i + 8]).to(self.backbone.device) for i in range(0, len(anchor), 8)]
         map_logits, labels = self.deterministic_logits(anchor)  # MAP predictions: computed once, reused
         map_pred = map_logits.argmax(-1)

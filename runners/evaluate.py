@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from methods.base import Method
-from tasks.types import MCExample
+from tasks.types import MCExample, length_order
 
 
 def predict(method: Method, examples: list[MCExample], n_samples: int, batch_size: int, seed: int,
@@ -17,7 +17,7 @@ def predict(method: Method, examples: list[MCExample], n_samples: int, batch_siz
     the last smaller batch included, and results are put back in the input order.
     """
     K = max(e.n_choices for e in examples)
-    order = sorted(range(len(examples)), key=lambda i: sum(map(len, examples[i].contexts)) + len(examples[i].label_prompt))
+    order = length_order(examples)
     out = np.full((len(examples), n_samples, K), -np.inf, dtype=np.float64)
     gen = torch.Generator(device=method.backbone.device).manual_seed(seed)
     with torch.no_grad():

@@ -24,3 +24,8 @@ class MCExample:
     @property
     def n_choices(self) -> int:
         return len(self.choices)
+
+
+def length_order(examples: list[MCExample]) -> list[int]:
+    """Indices of `examples` from shortest to longest text: batches of neighbours need little padding."""
+    return sorted(range(len(examples)), key=lambda i: sum(map(len, examples[i].contexts)) + len(examples[i].label_prompt))
