@@ -188,3 +188,16 @@ def test_l_lora_xs_rejects_a_peft_adapter(tmp_path, data_dir):
     p = cli("run", "--method", "l_lora_xs", "--task", "arc_easy", "--model", "tiny-random-llama",
             "--adapter", str(d), results=tmp_path / "r", data_dir=data_dir)
     assert p.returncode == 2 and "lora_xs.json" in p.stderr
+
+
+def test_adapter_of_another_model_is_refused(xs_adapter, tmp_path):
+    import json
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(xs_adapter, bad)
+    meta = json.loads((bad / xs.MARKER).read_text())
+    meta["layers"][0]["d_in"] += 1  # as if trained on a wider model
+    (bad / xs.MARKER).write_text(json.dumps(meta))
+    bb, _ = tiny()
+    with pytest.raises(ConfigError, match="another model"):
+        xs.load(bb, bad)
