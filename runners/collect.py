@@ -12,8 +12,10 @@ METRIC_COLS = ("acc", "ece", "nll", "brier", "auroc", "aurc", "ood_auroc_maxprob
 
 
 def _variant(rec: dict) -> str:
-    """Method name, plus a short settings hash when the same method appears with other settings."""
-    blob = json.dumps(rec["config"]["settings"], sort_keys=True)
+    """A short hash of the method's settings and, for post-hoc methods, of the base adapter's settings (an
+    l_lora_xs on an svd and on a dct lora_xs are different variants)."""
+    cfg = rec["config"]
+    blob = json.dumps([cfg["settings"], cfg.get("base_settings") or {}, cfg.get("adapter")], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:6]
 
 
