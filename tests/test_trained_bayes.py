@@ -227,3 +227,12 @@ def test_runner_gives_ensemble_the_lora_run_of_its_settings(tmp_path, data_dir):
 def test_bad_settings(method, settings, needle):
     with pytest.raises(ConfigError, match=needle):
         make_config(get_method(method).Config, settings)
+
+
+def test_samples_per_pass_shrinks_for_long_rows():
+    from methods.sampling import MAX_ATTENTION, samples_per_pass
+    assert samples_per_pass(rows=8, length=70, n_samples=10) == 10       # short ARC rows: all samples at once
+    long = samples_per_pass(rows=8, length=400, n_samples=10)
+    assert 1 <= long < 10 and 8 * long * 400 ** 2 <= MAX_ATTENTION       # long rows: bounded attention
+    assert samples_per_pass(rows=64, length=2048, n_samples=10) == 1      # never fewer than one
+    assert samples_per_pass(rows=100, length=10, n_samples=10) == 2       # and at most max_rows rows
