@@ -14,7 +14,8 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import ConfigError, FitData, Method
+from methods.base import ConfigError, FitData
+from methods.lora import LoRA
 from methods.lora_xs_parts import module as xs
 from methods.lora_xs_parts.projections import parse_projection, projection, split_rank
 from methods.training import TrainConfig, train_classifier
@@ -45,8 +46,9 @@ class LoRAXSConfig(TrainConfig):
         split_rank(parse_projection(self.projection), self.r)  # unknown family, bad fractions -> ConfigError
 
 
-class LoRAXS(Method):
+class LoRAXS(LoRA):
     """LoRA-XS: train only an r x r core between frozen projections of the pretrained weight."""
+    # a LoRA subclass for its deterministic predict_logprobs; fit, save, load and counts are its own
 
     name = "lora_xs"
     Config = LoRAXSConfig
@@ -84,11 +86,6 @@ class LoRAXS(Method):
         stats = train_classifier(self.model, params, self, data.train, self.config, self.seed, desc=self.name)
         self.fitted = {"regime": "MAP" if self.config.weight_decay > 0 else "MLE", **info, **stats}
         return self.fitted
-
-    def predict_logprobs(self, batch, n_samples, generator):
-        with self.backbone.autocast():
-            logits = self.scorer.class_logits(self.model, batch)
-        return logits.log_softmax(-1).unsqueeze(1)
 
     def save(self, path: Path) -> None:
         cfg = self.config
