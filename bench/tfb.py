@@ -90,7 +90,7 @@ def run(ctx: Context) -> dict:
                          "drawn from the adapter's training questions")
     adapter, _ = ctx.adapter()
     anchor = ctx.fit_examples()[: s.tfb_anchor]
-    settings = {"anchor_size": len(anchor), "anchor_samples": s.tfb_samples, "iterations": s.tfb_iterations,
+    settings = {"variant": "paper", "anchor_size": len(anchor), "anchor_samples": s.tfb_samples, "iterations": s.tfb_iterations,
                 "sigma_min": s.tfb_sigma_min, "sigma_max": s.tfb_sigma_max, "criterion": "nll"}
     ours = ctx.method("tfb", ctx.backbone(), settings)
     with Timer() as t_ours:

@@ -58,6 +58,7 @@ class Method:
     default_samples: ClassVar[int] = 1
     base_method: ClassVar[str] = "lora"              # post-hoc: the trained method whose adapter it starts from
     adapter_file: ClassVar[str] = "adapter_config.json"  # the file that marks such an adapter directory
+    has_point_estimate: ClassVar[bool] = False  # predict_point_logprobs: the MAP / mean its samples spread around
 
     def __init__(self, config: MethodConfig, backbone: Backbone, scorer: Scorer, seed: int):
         self.config, self.backbone, self.scorer, self.seed = config, backbone, scorer, seed
@@ -69,6 +70,13 @@ class Method:
     def predict_logprobs(self, batch: EncodedBatch, n_samples: int, generator: torch.Generator) -> torch.Tensor:
         """[B, S, K] class log-probabilities (log-softmax over K; -inf for absent choices)."""
         raise NotImplementedError
+
+    def predict_point_logprobs(self, batch: EncodedBatch) -> torch.Tensor:
+        """[B, K] class log-probabilities of the method's point estimate: the MAP (post-hoc methods, MC
+        dropout without dropout) or the posterior mean (variational methods). The reference against which
+        the evaluation measures whether the posterior changes anything (metrics.diagnostics); only methods
+        with `has_point_estimate` implement it."""
+        raise NotImplementedError(f"{self.name} declares no point estimate")
 
     def save(self, path: Path) -> None:
         raise NotImplementedError

@@ -46,6 +46,7 @@ class Ensemble(LoRA):
     name = "ensemble"
     Config = EnsembleConfig
     stochastic = True
+    has_point_estimate = True
     default_samples = 3
     uses_base_adapter = True  # runner: pass the base lora run's adapter as FitData.adapter_dir
 

@@ -60,9 +60,14 @@ class LoRA(Method):
         return self.fitted
 
     def predict_logprobs(self, batch, n_samples, generator):
+        return self.predict_point_logprobs(batch).unsqueeze(1)
+
+    def predict_point_logprobs(self, batch):
+        """One plain forward in eval mode: the adapter itself (subclasses: A = M for BLoB, no dropout for MC
+        dropout, member 0 for the ensemble)."""
         with self.backbone.autocast():
             logits = self.scorer.class_logits(self.model, batch)
-        return logits.log_softmax(-1).unsqueeze(1)
+        return logits.log_softmax(-1)
 
     def save(self, path: Path) -> None:
         self.model.save_pretrained(str(path))

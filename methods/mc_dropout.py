@@ -32,6 +32,7 @@ class MCDropout(LoRA):
     name = "mc_dropout"
     Config = MCDropoutConfig
     stochastic = True
+    has_point_estimate = True
     default_samples = 10
 
     def fit(self, data):

@@ -41,6 +41,12 @@ class PosthocMethod(Method):
                 labels.append(batch.labels)
         return torch.cat(out), torch.cat(labels)
 
+    def predict_point_logprobs(self, batch):
+        """The adapter's own prediction (the MAP the post-hoc posterior is centred on)."""
+        with self.backbone.autocast():
+            logits = self.scorer.class_logits(self.model, batch)
+        return logits.float().log_softmax(-1)
+
     # ---- persistence: the adapter plus a json of the fitted state ------------------------------
     def state(self) -> dict:
         return {}

@@ -10,15 +10,18 @@ from tasks.types import MCExample, length_order
 
 
 def predict(method: Method, examples: list[MCExample], n_samples: int, batch_size: int, seed: int,
-            desc: str = "eval") -> np.ndarray:
+            desc: str = "eval", point: bool = False):
     """Per-example, per-sample class log-probabilities [N, S, K_max], in the order of `examples`.
 
     Batches are length-bucketed (sorted by prompt length) to cut padding; every example is scored,
     the last smaller batch included, and results are put back in the input order.
+    With `point` (for methods that declare `has_point_estimate`), also the log-probabilities [N, K_max] of
+    the method's point estimate, scored on the same batches: returns (samples, point).
     """
     K = max(e.n_choices for e in examples)
     order = length_order(examples)
     out = np.full((len(examples), n_samples, K), -np.inf, dtype=np.float64)
+    point_out = np.full((len(examples), K), -np.inf, dtype=np.float64) if point else None
     gen = torch.Generator(device=method.backbone.device).manual_seed(seed)
     with torch.no_grad():
         for i in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, mininterval=2):
@@ -29,4 +32,7 @@ def predict(method: Method, examples: list[MCExample], n_samples: int, batch_siz
                 raise RuntimeError(f"{method.name}.predict_logprobs returned shape {logp.shape}, "
                                    f"expected ({len(idx)}, {n_samples}, K)")
             out[idx, :, : logp.shape[2]] = logp
-    return out
+            if point:
+                pl = method.predict_point_logprobs(batch).float().cpu().numpy()
+                point_out[idx, : pl.shape[1]] = pl
+    return (out, point_out) if point else out

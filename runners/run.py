@@ -18,7 +18,7 @@ import torch
 from backbones import BackboneError, Scorer, load_backbone
 from methods.base import ConfigError, FitData
 from methods.registry import get_method
-from metrics import compute_metrics, ood_auroc, predictive_probs, reliability
+from metrics import compute_metrics, ood_auroc, posterior_diagnostics, predictive_probs, reliability
 from runners.config import RunConfig, base_run_config
 from runners.evaluate import predict
 from runners.results import Phases, environment, read_result, write_json_atomic
@@ -117,11 +117,14 @@ def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: P
     metrics, rel, conf = {}, {}, {}
     for t, examples in evals.items():
         with phases(f"eval:{t}"):
-            logp = predict(method, examples, S, cfg.eval_batch_size, cfg.seed, desc=f"eval {t}")
+            scored = predict(method, examples, S, cfg.eval_batch_size, cfg.seed, desc=f"eval {t}",
+                             point=method.has_point_estimate)
+        logp, point = scored if method.has_point_estimate else (scored, None)
         probs = predictive_probs(logp)
         labels = np.array([e.label for e in examples])
         write_predictions(out / "predictions" / f"{t}.jsonl", examples, probs)
-        metrics[t] = {"role": "id" if t == cfg.task else "ood", **compute_metrics(probs, labels)}
+        metrics[t] = {"role": "id" if t == cfg.task else "ood", **compute_metrics(probs, labels),
+                      "diagnostics": posterior_diagnostics(logp, None if point is None else np.exp(point))}
         rel[t] = reliability(probs, labels)
         conf[t] = probs.max(1)
     for t in cfg.ood:  # OOD detection: does max-probability separate ID test from this OOD set?

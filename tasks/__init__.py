@@ -1,10 +1,11 @@
-"""Tasks: turn benchmark datasets (hub, offline mirror, or a user's file) into `MCExample`s.
+"""Tasks: turn benchmark datasets (hub, offline mirror, or a user's files) into `MCExample`s.
 
     from tasks import list_tasks, check_task, load_split
     test = load_split("arc_easy", "test", data_dir="../shared/datasets", limit=100)
 
 Files: registry.py (the task table and row converters), formats.py (every prompt), source.py
-(mirror/hub reading), custom.py (custom:<path> files), loading.py (splits), errors.py.
+(mirror/hub reading), custom.py (custom:<dir> with train/validation/test files, custom:<file> test-only
+sets), loading.py (splits), errors.py.
 """
 from .errors import TaskError
 from .loading import check_task, load_split

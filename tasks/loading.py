@@ -1,4 +1,9 @@
-"""`load_split` and `check_task`: the public entry points that tie registry, source and custom together."""
+"""`load_split` and `check_task`: the public entry points that tie registry, source and custom together.
+
+Splits: hub tasks draw train/validation from the hub's train split and test from another hub split (see
+`load_split`); `custom:<dir>` has its own train/validation/test files and `custom:<file>` is test only
+(see custom.py). A test split never shares examples (ids) with the train/validation splits of its task.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -11,13 +16,16 @@ from .types import MCExample
 
 
 def check_task(name: str, splits=SPLITS, data_dir: str | None = None) -> None:
-    """Fail early, without reading any rows: the task exists, has these splits, and (with a
-    mirror) the files they come from exist. Raises TaskError; returns None when all is well."""
+    """Fail early, without loading a model: the task exists, has these splits, and (with a mirror)
+    the files they come from exist; hub/mirror rows are not read. A custom task's files that these
+    splits need are read and validated in full (they are small). Raises TaskError; returns None when
+    all is well."""
     if isinstance(splits, str):
         splits = (splits,)
     if is_custom(name):
         _check_split_names(splits, name)
-        load_custom(name)  # a user's file is small: validate every line now, before anything is written
+        # a user's files are small: validate every line of the files these splits need, before anything is written
+        load_custom(name, splits)
         return
     spec = get_spec(name)
     root = source.resolve_data_dir(data_dir)
@@ -31,8 +39,10 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, split_seed
                val_fraction: float = 0.1, limit: int | None = None) -> list[MCExample]:
     """The examples of one split of a task, deterministic in its arguments.
 
-    train/validation: a held-out split of the hub's train split (of the whole file for custom:);
-    test: the hub's validation split (MMLU groups: the hub's test split; custom: the whole file).
+    Hub tasks: train/validation are a seeded held-out split of the hub's train split; test is the hub's
+    validation split (MMLU groups, evaluation-only: the hub's test split, and no train/validation).
+    custom:<dir>: train = train.jsonl and validation = validation.jsonl, or, without that file, a seeded
+    held-out split of train.jsonl; test = test.jsonl. custom:<file>: evaluation-only, test = the file.
     `limit` keeps the first `limit` examples of the result.
     """
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
@@ -41,12 +51,18 @@ def load_split(name: str, split: str, *, data_dir: str | None = None, split_seed
         raise TaskError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction!r}")
     if is_custom(name):
         _check_split_names((split,), name)
-        pool = load_custom(name)  # the whole file is the test split and the train/validation pool
+        data = load_custom(name, (split,))
+        if split == "test":
+            examples = data.test
+        elif data.validation is not None:  # the directory has its own validation.jsonl
+            examples = data.train if split == "train" else data.validation
+        else:
+            examples = _held_out(data.train, split, split_seed, val_fraction, name)
     else:
         spec = get_spec(name)
         hub_split = spec.hub_split(split)
         pool = _load_hub_split(spec, hub_split, split, source.resolve_data_dir(data_dir))
-    examples = pool if split == "test" else _held_out(pool, split, split_seed, val_fraction, name)
+        examples = pool if split == "test" else _held_out(pool, split, split_seed, val_fraction, name)
     return examples[:limit] if limit is not None else examples
 
 

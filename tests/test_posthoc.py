@@ -55,7 +55,8 @@ def test_tfb_sigma_satisfies_constraint(adapter, data_dir, tmp_path):
     fitted = {}
     for relative in ("true", "reference"):
         m = build("tfb", data_dir, tmp_path, adapter_dir=adapter,
-                  extra={"anchor_size": 12, "iterations": 4, "anchor_samples": 4, "sigma_max": 2.0, "relative": relative})
+                  extra={"variant": "paper", "anchor_size": 12, "iterations": 4, "anchor_samples": 4, "sigma_max": 2.0,
+                         "relative": relative})
         f = m.fitted
         assert f["degradation"] <= f["epsilon"] and f["sigma_q"] == m.sigma
         rejected = [s for s, d in f["search"] if d > f["epsilon"]]

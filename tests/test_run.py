@@ -101,11 +101,23 @@ def test_bad_input_one_line_exit_2_nothing_written(args, needle, tmp_path, data_
 
 
 def test_malformed_custom_file(tmp_path, data_dir):
+    d = tmp_path / "mine"
+    d.mkdir()
+    ok = '{"question": "q", "choices": ["a", "b"], "answer": 1}\n'
+    (d / "train.jsonl").write_text(ok + '{"question": "q", "choices": ["a"], "answer": 0}\n')
+    (d / "test.jsonl").write_text(ok)
+    p = cli("run", "--method", "lora", "--task", f"custom:{d}", "--model", "tiny-random-llama",
+            results=tmp_path / "r", data_dir=data_dir)
+    assert p.returncode == 2 and "train.jsonl:2" in p.stderr and not (tmp_path / "r").exists()
+
+
+def test_training_on_a_single_custom_file_is_refused(tmp_path, data_dir):
     f = tmp_path / "mine.jsonl"
-    f.write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n{"question": "q", "choices": ["a"], "answer": 0}\n')
+    f.write_text('{"question": "q", "choices": ["a", "b"], "answer": 1}\n')
     p = cli("run", "--method", "lora", "--task", f"custom:{f}", "--model", "tiny-random-llama",
             results=tmp_path / "r", data_dir=data_dir)
-    assert p.returncode == 2 and "mine.jsonl:2" in p.stderr and not (tmp_path / "r").exists()
+    assert p.returncode == 2 and "evaluation-only" in p.stderr and "directory" in p.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_list_commands(tmp_path, data_dir):

@@ -183,7 +183,7 @@ def test_check_task_reads_no_rows(data_dir, monkeypatch, tmp_path):
     check_task("arc_easy", data_dir=data_dir)
     check_task("mmlu_law", "test", data_dir=data_dir)
     with pytest.raises(TaskError, match=":1:"):  # a user's file is validated up front, line by line
-        check_task(f"custom:{write(tmp_path, 'not json')}")
+        check_task(f"custom:{write(tmp_path, 'not json')}", "test")
     with pytest.raises(TaskError, match="no such file"):
         check_task(f"custom:{tmp_path / 'absent.jsonl'}")
 
@@ -234,16 +234,118 @@ def test_custom_file_errors(tmp_path, text, error):
     assert error in str(err.value) and "\n" not in str(err.value)
 
 
-def test_custom_happy_path(tmp_path):
-    lines = [{"question": f"q{i}", "choices": ["a", "b", "c"], "answer": i % 3} for i in range(20)]
-    lines[0]["id"] = "first"
-    path = write(tmp_path, "\n".join(json.dumps(x) for x in lines) + "\n")
-    name = f"custom:{path}"
+def mc_rows(n, prefix="q", ids=None):
+    rows = [{"question": f"{prefix}{i}", "choices": ["a", "b", "c"], "answer": i % 3} for i in range(n)]
+    for i, x in (ids or {}).items():
+        rows[i]["id"] = x
+    return rows
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows), encoding="utf-8")
+    return path
+
+
+def custom_dir(tmp_path, n_train=20, n_test=8, n_val=None, train_ids=None, test_ids=None, val_ids=None):
+    d = tmp_path / "mydata"
+    d.mkdir(exist_ok=True)
+    write_rows(d / "train.jsonl", mc_rows(n_train, "train q", train_ids))
+    write_rows(d / "test.jsonl", mc_rows(n_test, "test q", test_ids))
+    if n_val is not None:
+        write_rows(d / "validation.jsonl", mc_rows(n_val, "val q", val_ids))
+    return d
+
+
+def test_custom_file_is_evaluation_only(tmp_path):
+    rows = mc_rows(20, ids={0: "first"})
+    name = f"custom:{write_rows(tmp_path / 'mine.jsonl', rows)}"
     test = load_split(name, "test")
-    assert ids(test)[:3] == ["first", "mine-1", "mine-2"]
+    assert ids(test) == ["first"] + [f"mine-{i}" for i in range(1, 20)]  # the whole file, in file order
     assert [e.label for e in test] == [i % 3 for i in range(20)]
     assert test[1].label_prompt == "Question: q1\nChoices:\nA. a\nB. b\nC. c\nAnswer:"
-    train, val = load_split(name, "train", split_seed=5), load_split(name, "validation", split_seed=5)
-    assert len(val) == 2 and sorted(ids(train) + ids(val)) == sorted(ids(test))
-    assert load_split(name, "train", split_seed=5, limit=3) == train[:3]
+    assert load_split(name, "test", limit=3) == test[:3]
+    check_task(name, "test")
+    expected = (f"{name} is an evaluation-only file: it has only a test split, not {{}}; to train on your data "
+                "give a directory custom:<dir> holding train.jsonl and test.jsonl (validation.jsonl optional)")
+    for split in ("train", "validation"):
+        for call in (lambda: load_split(name, split), lambda: check_task(name, (split,)), lambda: check_task(name)):
+            with pytest.raises(TaskError) as err:
+                call()
+            assert str(err.value) in (expected.format("train"), expected.format(split))
+
+
+def test_custom_dir_test_is_its_own_file(tmp_path):
+    d = custom_dir(tmp_path, n_train=20, n_test=8, train_ids={0: "t0"}, test_ids={2: "x2"})
+    name = f"custom:{d}"
     check_task(name)
+    test = load_split(name, "test")
+    # test = test.jsonl exactly, ids "<split file stem>-<index>" unless the row has one
+    assert ids(test) == ["test-0", "test-1", "x2"] + [f"test-{i}" for i in range(3, 8)]
+    assert [e.label_prompt.split("\n")[0] for e in test] == [f"Question: test q{i}" for i in range(8)]
+    for seed in (0, 1, 5):
+        train = load_split(name, "train", split_seed=seed)
+        val = load_split(name, "validation", split_seed=seed)
+        assert not (set(ids(train)) | set(ids(val))) & set(ids(test))  # no training/tuning row is scored
+        assert all(e.label_prompt.startswith("Question: train q") for e in train + val)
+
+
+def test_custom_dir_validation_held_out_when_absent(tmp_path):
+    name = f"custom:{custom_dir(tmp_path, n_train=20, train_ids={0: 'first'})}"
+    file_ids = ["first"] + [f"train-{i}" for i in range(1, 20)]
+    train, val = load_split(name, "train", split_seed=5), load_split(name, "validation", split_seed=5)
+    perm = np.random.default_rng(5).permutation(20)  # the same seeded rule as the hub tasks
+    assert ids(val) == [file_ids[i] for i in perm[:2]] and ids(train) == [file_ids[i] for i in perm[2:]]
+    assert not set(ids(train)) & set(ids(val)) and sorted(ids(train) + ids(val)) == sorted(file_ids)
+    assert load_split(name, "validation", split_seed=5) == val  # deterministic
+    assert set(ids(load_split(name, "validation", split_seed=6))) != set(ids(val))
+    assert len(load_split(name, "validation", split_seed=5, val_fraction=0.25)) == 5
+    assert load_split(name, "train", split_seed=5, limit=3) == train[:3]
+    with pytest.raises(TaskError, match="the validation split would be empty"):
+        load_split(name, "validation", val_fraction=0.01)
+
+
+def test_custom_dir_uses_validation_file_when_present(tmp_path):
+    name = f"custom:{custom_dir(tmp_path, n_train=20, n_val=6)}"
+    check_task(name)
+    for seed in (0, 3):  # split_seed/val_fraction do not apply: both files are used whole, in file order
+        assert ids(load_split(name, "train", split_seed=seed, val_fraction=0.5)) == [f"train-{i}" for i in range(20)]
+        assert ids(load_split(name, "validation", split_seed=seed)) == [f"validation-{i}" for i in range(6)]
+    assert ids(load_split(name, "test")) == [f"test-{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize("missing", ["train.jsonl", "test.jsonl"])
+def test_custom_dir_missing_file(tmp_path, missing):
+    d = custom_dir(tmp_path, n_val=3)
+    (d / missing).unlink()
+    for call in (lambda: check_task(f"custom:{d}"), lambda: check_task(f"custom:{d}", "test"),
+                 lambda: load_split(f"custom:{d}", "train"), lambda: load_split(f"custom:{d}", "test")):
+        with pytest.raises(TaskError) as err:
+            call()
+        msg = str(err.value)
+        assert f"has no {missing}" in msg and "train.jsonl and test.jsonl" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("where", ["train", "validation"])
+def test_custom_dir_id_shared_with_test_is_refused(tmp_path, where):
+    kw = {"train_ids": {4: "dup"}} if where == "train" else {"n_val": 3, "val_ids": {1: 7}}
+    test_ids = {2: "dup"} if where == "train" else {5: "7"}  # ids compare as strings: 7 == "7"
+    name = f"custom:{custom_dir(tmp_path, test_ids=test_ids, **kw)}"
+    for call in (lambda: check_task(name), lambda: check_task(name, "train"),
+                 lambda: load_split(name, "train"), lambda: load_split(name, "validation")):
+        with pytest.raises(TaskError) as err:
+            call()
+        msg = str(err.value)
+        assert f"is in both {where}.jsonl and test.jsonl" in msg and "remove those rows" in msg and "\n" not in msg
+    assert len(load_split(name, "test")) == 8  # the test file alone is fine (e.g. as an OOD set)
+    check_task(name, "test")
+
+
+def test_custom_dir_bad_row_names_its_file(tmp_path):
+    d = custom_dir(tmp_path, n_val=3)
+    (d / "validation.jsonl").write_text(OK + '\n{"question": "q", "choices": ["a", "b"]}\n')
+    with pytest.raises(TaskError, match=r"validation.jsonl:2: missing field 'answer'"):
+        check_task(f"custom:{d}")
+    check_task(f"custom:{d}", "test")  # only the files the requested splits need are read
+    (d / "train.jsonl").write_text("")
+    with pytest.raises(TaskError, match=r"train.jsonl is empty"):
+        load_split(f"custom:{d}", "train")

@@ -86,6 +86,12 @@ class InducingFactor(nn.Module):
     def lam(self) -> torch.Tensor:
         return self.lambda_max * torch.sigmoid(self.lam_raw)
 
+    def scale_parameters(self) -> list[nn.Parameter]:
+        """The posterior's scales: lambda and q(U)'s spread (they get their own learning rate)."""
+        q = self.q
+        spread = [q.sd_raw] if q.family == "diag" else [q.row_raw, q.col_raw]
+        return [self.lam_raw, *spread]
+
     def bases(self) -> Bases:
         """Z, D and the maps of the conditional. The m x m algebra runs in float64 (K can be badly conditioned
         when D is small), the results come back in the parameters' dtype."""
