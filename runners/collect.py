@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METRIC_COLS = ("acc", "ece", "nll", "brier", "auroc", "aurc", "ood_auroc_maxprob")
+METRIC_COLS = ("acc", "ece", "nll", "brier", "auroc", "aurc", "ood_auroc_maxprob", "mean_conf")
+DIAG_COLS = ("mutual_information", "tv_to_point")  # from metrics/diagnostics.py (absent in older results)
 
 
 def _variant(rec: dict) -> str:
@@ -32,11 +33,13 @@ def load_results(results: Path, eval_split: str = "test") -> pd.DataFrame:
         t = rec.get("timings", {})
         mem = rec.get("memory", {})
         for task, m in rec["metrics"].items():
+            diag = m.get("diagnostics") or {}
             rows.append({
                 "run_id": rec["run_id"], "method": cfg["method"], "settings_id": _variant(rec), "train_task": cfg["task"],
                 "eval_task": task, "role": m["role"], "seed": cfg["seed"], "model": cfg["model"],
                 "scoring": rec["scoring"]["mode"], "n": m["n"], "n_samples": rec["method"]["n_samples"],
                 **{k: m.get(k, np.nan) for k in METRIC_COLS},
+                **{k: diag.get(k, np.nan) for k in DIAG_COLS}, "flags": ",".join(diag.get("flags", [])),
                 "fit_s": t.get("fit", np.nan), "eval_s": sum(v for k, v in t.items() if k.startswith("eval:")),
                 "peak_rss_mb": max((v.get("peak_rss_mb", 0) for v in mem.values()), default=np.nan),
                 "posthoc": rec["method"]["posthoc"], "base_run": rec.get("base_run"),

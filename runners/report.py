@@ -13,6 +13,9 @@ HIGHER_BETTER = {"acc": True, "ece": False, "nll": False, "brier": False, "auroc
                  "ood_auroc_maxprob": True}
 ID_COLS = ("acc", "ece", "nll", "brier", "aurc")
 OOD_COLS = ("acc", "ece", "nll", "ood_auroc_maxprob")
+# Shown beside the metrics, never ranked: a low ECE means nothing if the posterior collapsed to its MAP or
+# the predictive went uniform (metrics/diagnostics.py); `posterior` names either.
+DIAG_SHOWN = ("mean_conf", "mutual_information", "tv_to_point")
 
 
 def bootstrap_ci(group: pd.DataFrame, metric: str, n_boot: int = 500, seed: int = 0) -> tuple[float, float]:
@@ -34,6 +37,10 @@ def leaderboard(df: pd.DataFrame, cols, n_boot: int = 200) -> pd.DataFrame:
     for key, g in df.groupby(keys, sort=True):
         g = g.drop_duplicates("seed", keep="last")  # the same cell under two run ids (e.g. rerun) counts once
         row = dict(zip(keys, key), seeds=len(g), n=int(g["n"].iloc[0]))
+        row["posterior"] = ",".join(sorted({f for fl in g.get("flags", pd.Series(dtype=str)).fillna("")
+                                            for f in fl.split(",") if f}))
+        for c in DIAG_SHOWN:
+            row[c] = g[c].mean() if c in g else np.nan
         for c in cols:
             row[c] = g[c].mean()
             row[c + "_std"] = g[c].std(ddof=1) if len(g) > 1 else 0.0
@@ -53,15 +60,23 @@ def _fmt(row, c, best) -> str:
 
 
 def render(table: pd.DataFrame, cols) -> pd.DataFrame:
-    """Readable cells; the best value per column and (train task, eval task) is bold."""
+    """Readable cells; the best value per column and (train task, eval task) is bold, never on a row whose
+    posterior is flagged (collapsed or uniform: its metrics are shown, not ranked)."""
     shown = []
     for _, g in table.groupby(["model", "scoring", "train_task", "eval_task"], sort=True):
-        best = {c: (g[c].max() if HIGHER_BETTER[c] else g[c].min()) for c in cols}
+        ranked = g[g["posterior"] == ""]
+        best = {c: (ranked[c].max() if HIGHER_BETTER[c] else ranked[c].min()) for c in cols}
         for _, r in g.iterrows():
             shown.append({"model": r["model"], "scoring": r["scoring"], "train": r["train_task"], "eval": r["eval_task"],
                           "method": r["label"], "seeds": r["seeds"], "n": r["n"],
-                          **{c: _fmt(r, c, np.isclose(r[c], best[c])) for c in cols}})
+                          **{c: _fmt(r, c, np.isclose(r[c], best[c]) and not r["posterior"]) for c in cols},
+                          "conf": _plain(r["mean_conf"]), "MI": _plain(r["mutual_information"], 4),
+                          "TV to MAP": _plain(r["tv_to_point"]), "posterior": r["posterior"] or "ok"})
     return pd.DataFrame(shown)
+
+
+def _plain(x, digits: int = 3) -> str:
+    return "—" if pd.isna(x) else f"{x:.{digits}f}"
 
 
 def to_markdown(df: pd.DataFrame) -> str:

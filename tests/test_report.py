@@ -36,7 +36,11 @@ def test_report_tables_and_plots(results, tmp_path):
     md = (out / "leaderboard_id.md").read_text()
     for m in ("lora", "temperature", "tfb"):
         assert f"| {m}" in md
-    assert "**" in md and "loglik" in md  # best marked; scoring shown
+    assert "loglik" in md and "| posterior |" in md.splitlines()[0]  # scoring and posterior flags shown
+    rows = [line.strip(" |").split(" | ") for line in md.splitlines()[2:]]
+    for r in rows:  # the best is bold among unflagged rows only; a flagged row is shown, never ranked
+        assert ("**" in " ".join(r)) <= (r[-1] == "ok")
+    assert any("**" in " ".join(r) for r in rows) == any(r[-1] == "ok" for r in rows)
     csv = pd.read_csv(out / "leaderboard_id.csv")
     assert {"acc", "acc_lo", "acc_hi", "ece", "nll", "n", "seeds"} <= set(csv.columns)
     assert ((csv["acc_lo"] <= csv["acc"]) & (csv["acc"] <= csv["acc_hi"])).all()
