@@ -113,7 +113,10 @@ def expand(spec: dict) -> Plan:
         for seed in seeds:
             for name, settings in _methods(spec):
                 cls = get_method(name)
-                extra = {"base_settings": base_settings} if (cls.posthoc or getattr(cls, "uses_base_adapter", False)) else {}
+                settings = dict(settings)
+                own_base = settings.pop("base_settings", None) or {}  # this method's base adapter (l_lora_xs)
+                extra = {"base_settings": {**base_settings, **own_base}} \
+                    if (cls.posthoc or getattr(cls, "uses_base_adapter", False)) else {}
                 cfg = build_run_config(name, task, settings, seed=seed, ood=ood, **run_kw, **extra)
                 base = base_run_config(cfg)
                 if base is not None:

@@ -52,6 +52,15 @@ def test_plan_orders_bases_first_and_shares_them():
     assert sum(c.cfg.method == "lora" for c in plan.cells) == 2
 
 
+def test_a_method_entry_may_set_its_own_base_settings():
+    """l_lora_xs starts from a lora_xs adapter whose lr differs from the lora base's: its entry says so."""
+    plan = expand(spec(methods=["temperature", {"l_lora_xs": {"base_settings": {"lr": 3e-3, "epochs": 1}}}],
+                       base_settings={"lr": 5e-4, "epochs": 1}))
+    base = {c.cfg.method: c.cfg for c in plan.cells if not c.depends_on}
+    assert base["lora_xs"].settings["lr"] == 3e-3 and base["lora"].settings["lr"] == 5e-4
+    assert all("base_settings" not in c.cfg.settings for c in plan.cells)
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, data_dir):
     p = sweep(write_spec(tmp_path), "--dry-run", results=tmp_path / "r", data_dir=data_dir)
     assert p.returncode == 0 and "3 cells, 0 done" in p.stdout and "reused by 2" in p.stdout
