@@ -15,18 +15,22 @@ from runners.run import execute  # noqa: E402
 
 TASKS = ("arc_easy", "obqa", "arc_challenge")
 PROTOCOLS = {  # name: (limit_train, lora settings)
-    "P1": (1000, {"epochs": 2, "lr": 5e-4}),
-    "P0": (200, {"epochs": 8, "lr": 5e-4}),
+    "P0": (200, {"epochs": 8, "lr": 5e-4}),    # the old quick protocol
+    "P1": (1000, {"epochs": 2, "lr": 5e-4}),   # more data, fewer epochs
+    "P2": (500, {"epochs": 4, "lr": 5e-4}),    # between the two, same step count as P1
 }
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--results", default="results/protocol")
-ap.add_argument("--only", default=None)
+ap.add_argument("--only", default=None, help="comma-separated protocols")
+ap.add_argument("--tasks", default=",".join(TASKS))
 ap.add_argument("--data-dir", default="../shared/datasets")
 args = ap.parse_args()
 rows = []
-cells = [("zero_shot", t, None, 1000, {}) for t in TASKS]
-cells += [("lora", t, p, lt, s) for p, (lt, s) in PROTOCOLS.items() if args.only in (None, p) for t in TASKS]
+tasks = args.tasks.split(",")
+only = args.only.split(",") if args.only else list(PROTOCOLS)
+cells = [("zero_shot", t, None, 1000, {}) for t in tasks]
+cells += [("lora", t, p, PROTOCOLS[p][0], PROTOCOLS[p][1]) for t in tasks for p in only]
 for method, task, proto, lt, settings in cells:
     cfg = build_run_config(method, task, settings, limit_train=lt, limit_eval=250, eval_split="validation")
     t0 = time.time()
