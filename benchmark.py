@@ -56,10 +56,10 @@ def cmd_run(a) -> int:
     if rec.get("skipped"):
         print(f"identical run already done: {where} (use --force to rerun)")
     print(f"run {cfg.run_id}: {rec['status']}  ->  {where}/result.json")
+    from metrics import METRICS
     for task, m in rec.get("metrics", {}).items():
-        extra = f"  ood_auroc={m['ood_auroc_maxprob']:.3f}" if "ood_auroc_maxprob" in m else ""
-        print(f"  {task:<16} {m['role']:<3} n={m['n']:<5} acc={m['acc']:.4f} ece={m['ece']:.4f} "
-              f"nll={m['nll']:.4f} brier={m['brier']:.4f}{extra}")
+        shown = " ".join(f"{k}={m[k]:.4f}" for k, spec in METRICS.items() if spec.printed and k in m)
+        print(f"  {task:<16} {m['role']:<3} n={m['n']:<5} {shown}")
     t = rec.get("timings", {})
     print("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     return 0
@@ -150,7 +150,7 @@ def cmd_tune(a) -> int:
 def cmd_report(a) -> int:
     from runners.report import report
     out = Path(a.out) if a.out else Path(a.results) / "report"
-    for p in report(Path(a.results), out, n_boot=a.bootstrap):
+    for p in report(Path(a.results), out, n_boot=a.bootstrap, storage=a.storage):
         print(p)
     return 0
 
@@ -212,6 +212,8 @@ def main(argv=None) -> int:
     rp.add_argument("--results", default=str(ROOT / "results"))
     rp.add_argument("--out", default=None, help="output directory (default: <results>/report)")
     rp.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
+    rp.add_argument("--storage", default=None,
+                    help="Optuna storage whose tune studies are plotted (default: <results>/.sweeps.journal)")
     from bench.cli import add_bench_args
     add_bench_args(sub.add_parser("bench", help="performance comparisons against plain loops and laplace-torch"))
     lp = sub.add_parser("list", help="list methods, tasks or models")

@@ -9,7 +9,7 @@ Questions are restricted to the most common choice count: the -inf logit of an a
 finite loss Hessian for laplace-torch.
 
 Links differ by design: laplace-torch's probit is the per-class softmax(m / sqrt(1 + pi/8 var_k)), ours
-the pairwise probit (methods/laplace/predictive.py). Besides the probabilities as each library computes
+the pairwise probit (methods/laplace_lora/predictive.py). Besides the probabilities as each library computes
 them, the report applies our link to laplace-torch's logit mean and covariance, which isolates the
 difference between the two posteriors.
 """
@@ -22,9 +22,10 @@ from torch import nn
 
 from backbones import Scorer
 from bench.common import Context, Timer, add_target, batched, report
-from methods.adapter import load_adapter
+from methods.registry import load_fit
+from methods.shared.adapter import load_adapter
 from methods.base import FitData
-from methods.laplace.predictive import glm_logits, probit_logprobs
+from methods.laplace_lora.predictive import glm_logits, probit_logprobs
 
 
 class ScorerModule(nn.Module):
@@ -46,9 +47,10 @@ def _ours(ctx: Context, adapter, fit_ex, pred_ex) -> dict:
     s = ctx.s
     m = ctx.method("laplace_lora", ctx.backbone(), {
         "prior_method": "fixed", "prior_precision": s.laplace_prior, "kfac_approx": s.laplace_kfac,
-        "kfac_full_max": s.laplace_full_max})
+        "kfac_full_max": s.laplace_full_max, "link": "probit"})  # compared link by link with laplace-torch
     with Timer() as t:
-        fitted = m.fit(FitData(train=fit_ex, validation=[], workdir=ctx.workdir, adapter_dir=adapter))
+        fitted = m.fit(FitData(train=fit_ex, validation=[], workdir=ctx.workdir,
+                               base=load_fit("lora", adapter, m.backbone, m.scorer)))
     batches = ctx.encode_all(m.scorer, pred_ex)
     probs, secs, means, covs, gen = [], [], [], [], torch.Generator().manual_seed(s.seed)
     for b in batches:
@@ -120,7 +122,8 @@ def run(ctx: Context) -> dict:
     # variant compared with laplace-torch above
     shipped = ctx.method("laplace_lora", ctx.backbone())
     with Timer() as t_shipped:
-        shipped_fit = shipped.fit(FitData(train=fit_ex, validation=[], workdir=ctx.workdir, adapter_dir=adapter))
+        shipped_fit = shipped.fit(FitData(train=fit_ex, validation=[], workdir=ctx.workdir,
+                                          base=load_fit("lora", adapter, shipped.backbone, shipped.scorer)))
     lora_ref = lora_stats["train_seconds"] / s.adapter_epochs * s.ref_epochs
     o_pred = sum(ours["pred_seconds"]) / len(ours["pred_seconds"])
     fig = {"fit_examples": len(fit_ex), "pred_examples": len(pred_ex), "prior_precision": s.laplace_prior,

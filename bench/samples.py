@@ -1,4 +1,4 @@
-"""`samples`: an S-sample predictive (methods/sampling.py: the batch repeated S times, one forward pass with a
+"""`samples`: an S-sample predictive (methods/shared/sampling.py: the batch repeated S times, one forward pass with a
 weight sample per copy) against S times one deterministic `lora` evaluation of the same questions.
 
 t_S / (S * t_1) < 1 means the batch-expanded pass beats S separate passes (wider matmuls use the cores

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from backbones import Scorer
 from bench.common import Context, Timer, add_target, report
-from methods.adapter import load_adapter, lora_layers
+from methods.registry import load_fit
+from methods.shared.adapter import load_adapter, lora_layers
 from methods.base import FitData
 
 
@@ -94,7 +95,8 @@ def run(ctx: Context) -> dict:
                 "sigma_min": s.tfb_sigma_min, "sigma_max": s.tfb_sigma_max, "criterion": "nll"}
     ours = ctx.method("tfb", ctx.backbone(), settings)
     with Timer() as t_ours:
-        fitted = ours.fit(FitData(train=anchor, validation=[], workdir=ctx.workdir, adapter_dir=adapter))
+        fitted = ours.fit(FitData(train=anchor, validation=[], workdir=ctx.workdir,
+                                  base=load_fit("lora", adapter, ours.backbone, ours.scorer)))
     plain = PlainTFB(ctx, adapter, anchor, ours.config)
     with Timer() as t_plain:
         p_sigma, p_deg, p_evals = plain.search(s.seed + 1)

@@ -1,4 +1,4 @@
-"""`train`: our `lora` training (methods/training.py `train_classifier`, packed loglik scorer) against a plain
+"""`train`: our `lora` training (methods/shared/training.py `train_classifier`, packed loglik scorer) against a plain
 transformers + peft loop on the same model, LoRA init, batches and optimiser.
 
 Both compute the same loss: cross-entropy over the K choices of each question's token-normalised
@@ -18,7 +18,7 @@ from backbones import Scorer
 from bench.common import FLOP_RULE, Context, Timer, add_target, frac_of_peak, gflops, nonembedding_params, report
 from bench.plain import encode_plain, plain_class_logits
 from methods.base import FitData
-from methods.training import train_classifier
+from methods.shared.training import train_classifier
 
 
 def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:

@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.adapter import lora_layers
+from methods.shared.adapter import lora_layers
 from methods.base import ConfigError
 from methods.lora import LoRA, LoRAConfig
-from methods.sampling import sampled_logprobs, seeded_global_rng
-from methods.training import train_classifier
+from methods.shared.sampling import sampled_logprobs, seeded_global_rng
+from methods.shared.training import train_classifier
 
 KL_SCHEDULES = ("blundell", "uniform")
 TEST_MODES = ("sample", "mean")
@@ -127,9 +127,12 @@ class BLoB(LoRA):
 
     name = "blob"
     Config = BLoBConfig
-    stochastic = True
     has_point_estimate = True
     default_samples = 10
+
+    @classmethod
+    def samples_for(cls, config, requested=None) -> int:
+        return 1 if config.test_mode == "mean" else super().samples_for(config, requested)
 
     def _wrap(self) -> None:
         """peft LoRA (A's init as in `lora`), then every lora_A swapped for a BayesLinear with that mean."""

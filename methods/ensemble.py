@@ -2,14 +2,14 @@
 
 Member i is a `lora` adapter trained from seed `seed + 1000 * i` (LoRA init and data order); member 0 therefore
 is exactly the `lora` run of the run's seed with the same settings (bit for bit with dropout 0, the default:
-`lora` does not seed its dropout masks, members trained here do). The runner passes that run's adapter in
-(`uses_base_adapter`: it finds or first trains the base lora run, as for post-hoc methods), so only members
-1..M-1 are trained here; without an adapter (FitData.adapter_dir = None) member 0 is trained here too.
+`lora` does not seed its dropout masks, members trained here do). The runner hands that fit over loaded
+(`base_method = "lora"`, `base_settings`: it finds or first trains it, as for post-hoc methods), so only
+members 1..M-1 are trained here; without a base (FitData.base = None) member 0 is trained here too.
 
 Members are separate peft adapters on one PeftModel ("default" = member 0, then "member1", ...), switched with
 set_adapter. predict_logprobs returns each member's log-softmax as one of S = M samples, so the predictive
 (metrics.predictive_probs) averages PROBABILITIES over members. The reference code averages logits, an
-over-confident predictor; we don't. S is always M: the runner asks for M (`n_samples_from`), whatever
+over-confident predictor; we don't. S is always M: the runner asks for M (`samples_for`), whatever
 --samples says; a caller asking predict for another S gets the shape check's error.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from methods.adapter import load_adapter, read_adapter_config
+from methods.shared.adapter import load_adapter
 from methods.base import ConfigError
 from methods.lora import LoRA, LoRAConfig
-from methods.sampling import seeded_global_rng
-from methods.training import train_classifier
+from methods.shared.sampling import seeded_global_rng
+from methods.shared.training import train_classifier
 
 SEED_STRIDE = 1000  # member i trains from seed + SEED_STRIDE * i
 
@@ -45,29 +45,35 @@ class Ensemble(LoRA):
 
     name = "ensemble"
     Config = EnsembleConfig
-    stochastic = True
     has_point_estimate = True
     default_samples = 3
-    uses_base_adapter = True  # runner: pass the base lora run's adapter as FitData.adapter_dir
+    base_method = "lora"  # member 0: the lora fit of the same seed and LoRA settings (FitData.base)
 
     @classmethod
-    def n_samples_from(cls, config: EnsembleConfig) -> int:
-        return config.members
+    def samples_for(cls, config: EnsembleConfig, requested=None) -> int:
+        return config.members  # one sample per member, whatever was asked
+
+    @classmethod
+    def base_settings(cls, config: EnsembleConfig, given: dict) -> dict:
+        """Member 0 is the lora fit of the ensemble's own LoRA settings (not of --base-set)."""
+        from methods.lora import LoRAConfig
+        fields = LoRAConfig.__dataclass_fields__
+        return {k: v for k, v in config.to_dict().items() if k in fields}
 
     @property
     def adapter_names(self) -> list[str]:
         return ["default"] + [f"member{i}" for i in range(1, self.config.members)]
 
-    def _check_base(self, adapter_dir: Path) -> None:
+    def _check_base(self, base) -> None:
         """Member 0 must be a lora adapter of this ensemble's LoRA shape."""
-        got, want = read_adapter_config(adapter_dir), self.config.peft_config()
-        pairs = {"r": (got.get("r"), want.r), "alpha": (got.get("lora_alpha"), want.lora_alpha),
-                 "dropout": (got.get("lora_dropout"), want.lora_dropout),
-                 "target_modules": (sorted(got.get("target_modules") or []), sorted(want.target_modules))}
+        got, want = base.model.peft_config["default"], self.config.peft_config()
+        pairs = {"r": (got.r, want.r), "alpha": (got.lora_alpha, want.lora_alpha),
+                 "dropout": (got.lora_dropout, want.lora_dropout),
+                 "target_modules": (sorted(got.target_modules or []), sorted(want.target_modules))}
         bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
         if bad:
-            raise ConfigError(f"base adapter {adapter_dir} does not match the ensemble's LoRA settings "
-                              f"(adapter vs ensemble): {bad}")
+            raise ConfigError(f"base lora fit does not match the ensemble's LoRA settings "
+                              f"(base vs ensemble): {bad}")
 
     def _train_member(self, i: int, data) -> dict:
         name, seed = self.adapter_names[i], self.seed + SEED_STRIDE * i
@@ -80,10 +86,10 @@ class Ensemble(LoRA):
 
     def fit(self, data):
         t0 = time.perf_counter()
-        if data.adapter_dir is not None:  # member 0 = the base lora run's adapter
-            self._check_base(Path(data.adapter_dir))
-            self.model = load_adapter(self.backbone, Path(data.adapter_dir))
-            members = [{"member": 0, "seed": self.seed, "source": str(data.adapter_dir),
+        if data.base is not None:  # member 0 = the base lora fit
+            self._check_base(data.base)
+            self.model = data.base.model
+            members = [{"member": 0, "seed": self.seed, "source": "base lora fit",
                         "load_seconds": time.perf_counter() - t0}]
         else:
             self._wrap()  # adapter "default" initialised exactly as `lora` does
@@ -96,7 +102,7 @@ class Ensemble(LoRA):
         self.model.set_adapter("default")
         self.model.eval()
         self.fitted = {"members": members, "seed_stride": SEED_STRIDE,
-                       "base_adapter": str(data.adapter_dir) if data.adapter_dir is not None else None,
+                       "base": "lora fit" if data.base is not None else None,
                        "timings": {"fit_seconds": time.perf_counter() - t0,
                                    "train_seconds": sum(m.get("train_seconds", 0.0) for m in members)}}
         return self.fitted

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from methods.base import ConfigError
-from methods.laplace.hooks import in_subset
+from methods.laplace_lora.hooks import in_subset
 from methods.laplace_lora import LaplaceLoRA, LaplaceLoRAConfig
-from methods.lora_xs_parts import module as xs
+from methods.lora_xs import module as xs
 
 
 class LLoRAXS(LaplaceLoRA):
@@ -22,11 +22,13 @@ class LLoRAXS(LaplaceLoRA):
     name = "l_lora_xs"
     Config = LaplaceLoRAConfig
     base_method = "lora_xs"
-    adapter_file = xs.MARKER
+
+    def _take_base(self, base) -> None:
+        self.model, self._adapter_meta = base.model, base.meta  # how A and B were made: saved with the copy
 
     def _load_model(self, adapter_dir: Path):
         model = xs.load(self.backbone, adapter_dir)
-        self._adapter_meta = xs.read_meta(adapter_dir)  # how A and B were made: saved again with the copy
+        self._adapter_meta = xs.read_meta(adapter_dir)
         return model
 
     def _posterior_layers(self):

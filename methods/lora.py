@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 
 from methods.base import ConfigError, FitData, Method
-from methods.training import TrainConfig, train_classifier
+from methods.shared.training import TrainConfig, train_classifier
 
 
 @dataclass
@@ -71,10 +71,17 @@ class LoRA(Method):
 
     def save(self, path: Path) -> None:
         self.model.save_pretrained(str(path))
+        self.save_fitted(path)
 
     def load(self, path: Path) -> None:
-        from methods.adapter import load_adapter
+        from methods.shared.adapter import load_adapter
         self.model = load_adapter(self.backbone, path)
+        self.load_fitted(path)
+
+    @classmethod
+    def check_saved(cls, path: Path) -> None:
+        from methods.shared.adapter import read_adapter_config
+        read_adapter_config(path)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for n, p in self.model.named_parameters() if "lora_" in n)

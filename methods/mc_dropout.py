@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from methods.adapter import lora_layers
+from methods.shared.adapter import lora_layers
 from methods.lora import LoRA, LoRAConfig
-from methods.sampling import sampled_logprobs, seed_from, seeded_global_rng
+from methods.shared.sampling import sampled_logprobs, seed_from, seeded_global_rng
 
 
 @dataclass
@@ -31,7 +31,6 @@ class MCDropout(LoRA):
 
     name = "mc_dropout"
     Config = MCDropoutConfig
-    stochastic = True
     has_point_estimate = True
     default_samples = 10
 

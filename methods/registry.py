@@ -24,6 +24,16 @@ REGISTRY: dict[str, str] = {
 }
 
 
+def load_fit(name: str, path, backbone, scorer, seed: int = 0, settings: dict | None = None) -> Method:
+    """A fit of method `name` saved at `path` (by `Method.save`), loaded onto `backbone`."""
+    from pathlib import Path
+    from methods.settings import make_config
+    cls = get_method(name)
+    method = cls(make_config(cls.Config, settings or {}), backbone, scorer, seed)
+    method.load(Path(path))
+    return method
+
+
 def method_names() -> list[str]:
     return sorted(REGISTRY)
 

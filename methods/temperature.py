@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import ConfigError, MethodConfig
-from methods.posthoc import PosthocMethod
+from methods.shared.posthoc import PosthocMethod
 
 
 @dataclass

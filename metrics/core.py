@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import _check_n_bins, calibration_errors, ece_scheme, top_label
-from .ranking import aurc, binary_auroc
+from .calibration import _check_n_bins, ece_scheme, top_label
 from .validate import validate_inputs
 
 NLL_CLAMP = 1e-12  # p_y is clamped here so a confidently wrong model gives a finite NLL (<= 27.63)
@@ -36,21 +35,11 @@ def compute_metrics(probs, labels, n_bins: int = 15) -> dict:
     incorrect predictions; 0.5 by convention when all are correct or all are wrong.
     aurc: area under the risk-coverage curve (see ranking.aurc).
     """
+    from .table import METRICS, Inputs
     n_bins = _check_n_bins(n_bins)
     p, y = validate_inputs(probs, labels)
     conf, correct = top_label(p, y)
     nll_sum, n = nll_sum_count(p, y)
-    ece, mce = calibration_errors(conf, correct, n_bins)
-    return {
-        "n": n,
-        "acc": float(correct.sum() / n),
-        "nll": nll_sum / n,
-        "ece": ece,
-        "mce": mce,
-        "brier": brier(p, y),
-        "auroc": binary_auroc(conf, correct.astype(bool)),
-        "aurc": aurc(conf, correct),
-        "mean_conf": float(conf.sum() / n),
-        "ece_scheme": ece_scheme(n_bins),
-        "n_bins": n_bins,
-    }
+    x = Inputs(p, y, conf, correct, nll_sum, n_bins)
+    return {"n": n, **{name: float(m.fn(x)) for name, m in METRICS.items() if m.fn is not None},
+            "ece_scheme": ece_scheme(n_bins), "n_bins": n_bins}

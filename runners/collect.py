@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METRIC_COLS = ("acc", "ece", "nll", "brier", "auroc", "aurc", "ood_auroc_maxprob", "mean_conf")
+from metrics import METRICS
+
+METRIC_COLS = tuple(METRICS)  # metrics/table.py
 DIAG_COLS = ("mutual_information", "tv_to_point")  # from metrics/diagnostics.py (absent in older results)
 
 
@@ -58,3 +60,21 @@ def load_predictions(run_dir: str, task: str) -> tuple[np.ndarray, np.ndarray]:
     K = max(len(r["probs"]) for r in rows)
     probs = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
     return probs / probs.sum(1, keepdims=True), np.array([r["label"] for r in rows])
+
+
+def cost_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Fit (train or post-hoc) and evaluation time and peak memory, as ratios to lora of the same cell."""
+    runs = df.drop_duplicates("run_id")
+    out = []
+    for (model, task, seed), g in runs.groupby(["model", "train_task", "seed"]):
+        base = g[g["method"] == "lora"]
+        if base.empty:
+            continue
+        b = base.iloc[0]
+        for _, r in g.iterrows():
+            out.append({"model": model, "task": task, "seed": seed, "method": r["label"],
+                        "kind": "post-hoc" if r["posthoc"] else "trained", "fit_s": r["fit_s"], "eval_s": r["eval_s"],
+                        "fit_x_lora_train": r["fit_s"] / b["fit_s"], "eval_x_lora": r["eval_s"] / b["eval_s"],
+                        "peak_rss_x_lora": r["peak_rss_mb"] / b["peak_rss_mb"],
+                        "trainable_params": r["trainable_parameters"], "samples": r["n_samples"]})
+    return pd.DataFrame(out)

@@ -86,8 +86,8 @@ def build_run_config(method: str, task: str, overrides: dict | None = None, **kw
         raise ConfigError(f"{task} is the training task; it cannot also be an OOD set")
     if cfg.adapter is not None and not cls.posthoc:
         raise ConfigError(f"--adapter is for post-hoc methods; {method} trains its own adapter")
-    if cfg.base_settings and not (cls.posthoc or getattr(cls, "uses_base_adapter", False)):
-        raise ConfigError(f"--base-set is for methods that start from a lora adapter; {method} trains its own")
+    if cfg.base_settings and cls.base_method is None:
+        raise ConfigError(f"--base-set is for methods that start from a fitted base; {method} trains its own")
     cfg.backbone_config().validate()
     base = base_run_config(cfg)  # validates the base adapter's settings up front
     if base is not None:
@@ -100,15 +100,13 @@ SHARED_WITH_BASE = ("model", "seed", "ood", "scoring", "normalization", "limit_t
 
 
 def base_run_config(cfg: RunConfig) -> RunConfig | None:
-    """The run whose adapter a post-hoc run starts from: its `base_method` (`lora`, or `lora_xs` for
-    l_lora_xs) with the same task, seed, data and adapter settings.
-
-    Methods with `uses_base_adapter` (ensemble: member 0) get the lora run of the settings they share with lora.
-    None when the method trains its own adapter or the user gave one with --adapter.
+    """The run a method starts from (its declared `base_method`: `lora`, or `lora_xs` for l_lora_xs) with the
+    same task, seed and data and the settings the method declares (`base_settings`: the user's --base-set
+    for post-hoc methods, the ensemble's own LoRA settings). None when the method starts from scratch or
+    the user gave a saved fit with --adapter.
     """
     cls = get_method(cfg.method)
-    if cfg.adapter is not None or not (cls.posthoc or getattr(cls, "uses_base_adapter", False)):
+    if cfg.adapter is not None or cls.base_method is None:
         return None
-    base_fields = get_method(cls.base_method).Config.__dataclass_fields__
-    settings = cfg.base_settings if cls.posthoc else {k: v for k, v in cfg.settings.items() if k in base_fields}
+    settings = cls.base_settings(make_config(cls.Config, cfg.settings), dict(cfg.base_settings))
     return build_run_config(cls.base_method, cfg.task, settings, **{k: getattr(cfg, k) for k in SHARED_WITH_BASE})

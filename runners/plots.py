@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from metrics import reliability  # noqa: E402
-from runners.collect import load_predictions  # noqa: E402
+from runners.collect import cost_table, load_predictions  # noqa: E402
 
 plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 150})
 
@@ -93,19 +93,11 @@ def pareto_fronts(df: pd.DataFrame, out: Path) -> list[Path]:
     return written
 
 
-def study_fronts(results: Path, out: Path) -> list[Path]:
-    """Pareto fronts of tune studies found in the results directory's journal storage."""
-    journal = Path(results) / ".sweeps.journal"
-    if not journal.exists():
-        return []
-    import optuna
-    from runners.queue import open_storage
-    storage = open_storage(None, results)
+def study_fronts(results: Path, out: Path, storage: str | None = None) -> list[Path]:
+    """Pareto fronts of the tune studies in `storage` (default: the results directory's journal)."""
+    from runners.queue import load_studies
     written = []
-    for s in optuna.get_all_study_summaries(storage):
-        if not s.study_name.startswith("tune-"):
-            continue
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
+    for study in load_studies(storage, results, prefix="tune-"):
         done = [t for t in study.trials if t.values is not None]
         if len(done) < 2:
             continue
@@ -113,13 +105,12 @@ def study_fronts(results: Path, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
         for ax, j, name in zip(axes, (1, 2), ("ECE", "NLL")):
             _front(ax, v[:, 0], v[:, j], [str(t.number) for t in done], f"validation {name}")
-        fig.suptitle(f"study {s.study_name}: trials (numbers), validation split", fontsize=9)
-        written += _save(fig, out, f"study_{s.study_name}")
+        fig.suptitle(f"study {study.study_name}: trials (numbers), validation split", fontsize=9)
+        written += _save(fig, out, f"study_{study.study_name}")
     return written
 
 
 def cost_bars(df: pd.DataFrame, out: Path) -> list[Path]:
-    from runners.report import cost_table
     cost = cost_table(df)
     if cost.empty:
         return []
@@ -135,6 +126,7 @@ def cost_bars(df: pd.DataFrame, out: Path) -> list[Path]:
     return _save(fig, out, "cost")
 
 
-def write_plots(df: pd.DataFrame, results: Path, out: Path) -> list[Path]:
+def write_plots(df: pd.DataFrame, results: Path, out: Path, storage: str | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    return reliability_diagrams(df, out) + pareto_fronts(df, out) + study_fronts(results, out) + cost_bars(df, out)
+    return (reliability_diagrams(df, out) + pareto_fronts(df, out) + study_fronts(results, out, storage)
+            + cost_bars(df, out))

@@ -39,6 +39,16 @@ def open_storage(url: str | None, results: Path):
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
+def load_studies(url: str | None, results: Path, prefix: str = "") -> list[optuna.Study]:
+    """Every study in the storage whose name starts with `prefix`; none when the default journal does not
+    exist yet (reading must not create it)."""
+    if url is None and not (Path(results) / ".sweeps.journal").exists():
+        return []
+    storage = open_storage(url, results)
+    return [optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(prefix)]
+
+
 def _study(storage, name: str) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="minimize")

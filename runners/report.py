@@ -6,13 +6,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metrics import compute_metrics
-from runners.collect import load_predictions, load_results
+from metrics import METRICS, columns, compute_metrics
+from runners.collect import cost_table, load_predictions, load_results
+from runners.plots import write_plots
 
-HIGHER_BETTER = {"acc": True, "ece": False, "nll": False, "brier": False, "auroc": True, "aurc": False,
-                 "ood_auroc_maxprob": True}
-ID_COLS = ("acc", "ece", "nll", "brier", "aurc")
-OOD_COLS = ("acc", "ece", "nll", "ood_auroc_maxprob")
+HIGHER_BETTER = {n: m.higher_is_better for n, m in METRICS.items()}
+ID_COLS, OOD_COLS = columns("id"), columns("ood")  # metrics/table.py decides what each leaderboard shows
 # Shown beside the metrics, never ranked: a low ECE means nothing if the posterior collapsed to its MAP or
 # the predictive went uniform (metrics/diagnostics.py); `posterior` names either.
 DIAG_SHOWN = ("mean_conf", "mutual_information", "tv_to_point")
@@ -44,7 +43,7 @@ def leaderboard(df: pd.DataFrame, cols, n_boot: int = 200) -> pd.DataFrame:
         for c in cols:
             row[c] = g[c].mean()
             row[c + "_std"] = g[c].std(ddof=1) if len(g) > 1 else 0.0
-            if n_boot and c in ("acc", "ece", "nll"):
+            if n_boot and METRICS[c].interval:
                 row[c + "_lo"], row[c + "_hi"] = bootstrap_ci(g, c, n_boot)
         out.append(row)
     return pd.DataFrame(out)
@@ -85,24 +84,6 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join([head, sep] + ["| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False)])
 
 
-def cost_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Fit (train or post-hoc) and evaluation time and peak memory, as ratios to lora of the same cell."""
-    runs = df.drop_duplicates("run_id")
-    out = []
-    for (model, task, seed), g in runs.groupby(["model", "train_task", "seed"]):
-        base = g[g["method"] == "lora"]
-        if base.empty:
-            continue
-        b = base.iloc[0]
-        for _, r in g.iterrows():
-            out.append({"model": model, "task": task, "seed": seed, "method": r["label"],
-                        "kind": "post-hoc" if r["posthoc"] else "trained", "fit_s": r["fit_s"], "eval_s": r["eval_s"],
-                        "fit_x_lora_train": r["fit_s"] / b["fit_s"], "eval_x_lora": r["eval_s"] / b["eval_s"],
-                        "peak_rss_x_lora": r["peak_rss_mb"] / b["peak_rss_mb"],
-                        "trainable_params": r["trainable_parameters"], "samples": r["n_samples"]})
-    return pd.DataFrame(out)
-
-
 def write_tables(df: pd.DataFrame, out: Path, n_boot: int = 200) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -125,9 +106,8 @@ def write_tables(df: pd.DataFrame, out: Path, n_boot: int = 200) -> list[Path]:
     return written
 
 
-def report(results: Path, out: Path, n_boot: int = 200) -> list[Path]:
-    from runners.plots import write_plots
+def report(results: Path, out: Path, n_boot: int = 200, storage: str | None = None) -> list[Path]:
     df = load_results(results)
     if df.empty:
         raise FileNotFoundError(f"no finished runs under {results}")
-    return write_tables(df, out, n_boot) + write_plots(df, results, out)
+    return write_tables(df, out, n_boot) + write_plots(df, results, out, storage)

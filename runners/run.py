@@ -18,6 +18,7 @@ import torch
 from backbones import BackboneError, Scorer, load_backbone
 from methods.base import ConfigError, FitData
 from methods.registry import get_method
+from methods.settings import make_config
 from metrics import compute_metrics, ood_auroc, posterior_diagnostics, predictive_probs, reliability
 from runners.config import RunConfig, base_run_config
 from runners.evaluate import predict
@@ -31,16 +32,16 @@ def preflight(cfg: RunConfig, data_dir: str | None) -> None:
     check_task(cfg.task, ("train", "validation", "test"), data_dir=data_dir)
     for t in cfg.ood:
         check_task(t, ("test",), data_dir=data_dir)
-    if cls.posthoc and cfg.adapter is not None and not (Path(cfg.adapter) / cls.adapter_file).is_file():
-        raise ConfigError(f"--adapter {cfg.adapter}: no {cls.adapter_file} there; point it at the artifacts "
-                          f"directory of a {cls.base_method} run")
+    if cfg.adapter is not None:
+        try:
+            get_method(cls.base_method).check_saved(Path(cfg.adapter))
+        except ConfigError as e:
+            raise ConfigError(f"--adapter {cfg.adapter}: {e}") from None
 
 
 def n_samples_for(cfg: RunConfig) -> int:
-    cls = get_method(cfg.method)
-    if cls.stochastic and hasattr(cls, "n_samples_from"):  # S set by the method's settings (ensemble: members)
-        return cls.n_samples_from(cfg.method_config())
-    return (cfg.n_samples or cls.default_samples) if cls.stochastic else 1
+    """The S this run's evaluations draw: the method declares it from its settings and the request."""
+    return get_method(cfg.method).samples_for(cfg.method_config(), cfg.n_samples)
 
 
 def write_predictions(path: Path, examples, probs: np.ndarray) -> None:
@@ -61,7 +62,7 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
         return {**done, "skipped": True}
     base = base_run_config(cfg)
     adapter = Path(cfg.adapter) if cfg.adapter else None
-    if base is not None:  # post-hoc / uses_base_adapter: reuse (or first train) the base adapter of the same cell
+    if base is not None:  # post-hoc methods, ensembles: reuse (or first fit) the base of the same cell
         base_rec = execute(base, results_dir, data_dir, device)
         if base_rec.get("status") != "done":
             raise RuntimeError(f"base {base.method} run {base.run_id} did not finish: {base_rec.get('error')}")
@@ -109,11 +110,17 @@ def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: P
         evals = {cfg.task: load_split(cfg.task, cfg.eval_split, limit=cfg.limit_eval, **split_kw),
                  **{t: load_split(t, "test", limit=cfg.limit_eval, **split_kw) for t in cfg.ood}}
     method = cls(mcfg, backbone, scorer, cfg.seed)
+    base = None
+    if adapter is not None:  # the fit this method starts from, handed over loaded
+        base_cls = get_method(cls.base_method)
+        base_cfg = make_config(base_cls.Config, cls.base_settings(mcfg, dict(cfg.base_settings)))
+        base = base_cls(base_cfg, backbone, scorer, cfg.seed)
+        with phases("load"):
+            base.load(adapter)
     with phases("fit"):
-        fitted = method.fit(FitData(train=train, validation=val, workdir=out,
-                                    adapter_dir=adapter))
+        fitted = method.fit(FitData(train=train, validation=val, workdir=out, base=base))
     method.save(out / "artifacts")
-    S = n_samples_for(cfg) if method.stochastic else 1  # an instance's settings may turn sampling off
+    S = n_samples_for(cfg)
     metrics, rel, conf = {}, {}, {}
     for t, examples in evals.items():
         with phases(f"eval:{t}"):

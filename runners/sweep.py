@@ -115,8 +115,7 @@ def expand(spec: dict) -> Plan:
                 cls = get_method(name)
                 settings = dict(settings)
                 own_base = settings.pop("base_settings", None) or {}  # this method's base adapter (l_lora_xs)
-                extra = {"base_settings": {**base_settings, **own_base}} \
-                    if (cls.posthoc or getattr(cls, "uses_base_adapter", False)) else {}
+                extra = {"base_settings": {**base_settings, **own_base}} if cls.posthoc else {}
                 cfg = build_run_config(name, task, settings, seed=seed, ood=ood, **run_kw, **extra)
                 base = base_run_config(cfg)
                 if base is not None:
@@ -154,7 +153,7 @@ def _guess_seconds(cfg: RunConfig) -> float:
     n_train = cfg.limit_train or 2000
     epochs = s.get("epochs", 0) if not cls.posthoc else 0
     members = s.get("members", 1)
-    samples = (cfg.n_samples or cls.default_samples) if cls.stochastic else 1
+    samples = cls.samples_for(cfg.method_config(), cfg.n_samples)
     n_eval = (cfg.limit_eval or 1000) * (1 + len(cfg.ood))
     secs = 0.15 * n_train * epochs * members + 0.05 * n_eval * samples + (60 if cls.posthoc else 10)
     return secs * (0.02 if cfg.model == "tiny-random-llama" else 1.0)

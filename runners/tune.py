@@ -15,13 +15,14 @@ from pathlib import Path
 import optuna
 
 from methods.base import ConfigError
+from metrics import tuned
 from methods.registry import get_method
 from methods.settings import suggest
 from runners.config import build_run_config
 from runners.queue import open_storage
 
 SAMPLERS = ("tpe", "nsga2", "gp")
-METRICS = ("acc", "ece", "nll")
+OBJECTIVES = tuned()  # metrics/table.py: ACC up, ECE and NLL down
 
 
 def make_sampler(name: str, seed: int, constraints=None):
@@ -50,11 +51,11 @@ def tune(method: str, task: str, trials: int, results: Path, *, storage: str | N
     build_run_config(method, task, fixed, eval_split="validation", **run_kw)  # fail on bad input up front
     constraints = (lambda t: [t.user_attrs.get("ece", 1.0) - ece_max]) if ece_max is not None else None
     study = optuna.create_study(study_name=study_name or f"tune-{method}-{task}", storage=open_storage(storage, results),
-                                directions=["maximize", "minimize", "minimize"], load_if_exists=True,
+                                directions=["maximize" if m.higher_is_better else "minimize" for m in OBJECTIVES], load_if_exists=True,
                                 sampler=make_sampler(sampler, run_kw.get("seed", 0), constraints))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(METRICS))
+        study.set_metric_names([m.name for m in OBJECTIVES])
 
     def objective(trial: optuna.Trial):
         settings = {**fixed, **suggest(trial, space)}
@@ -63,8 +64,8 @@ def tune(method: str, task: str, trials: int, results: Path, *, storage: str | N
         trial.set_user_attr("run_id", cfg.run_id)
         m = execute(cfg, results, data_dir=data_dir, device=device)["metrics"][task]
         trial.set_user_attr("ece", m["ece"])
-        log(f"trial {trial.number}: {settings} -> acc={m['acc']:.4f} ece={m['ece']:.4f} nll={m['nll']:.4f}")
-        return m["acc"], m["ece"], m["nll"]
+        log(f"trial {trial.number}: {settings} -> " + " ".join(f"{o.name}={m[o.name]:.4f}" for o in OBJECTIVES))
+        return tuple(m[o.name] for o in OBJECTIVES)
 
     done = sum(t.state.is_finished() for t in study.trials)
     study.optimize(objective, n_trials=max(0, trials - done), catch=(RuntimeError, FloatingPointError))
@@ -74,6 +75,7 @@ def tune(method: str, task: str, trials: int, results: Path, *, storage: str | N
         rec = execute(cfg, results, data_dir=data_dir, device=device)
         test_runs[str(t.number)] = cfg.run_id
         m = rec["metrics"][task]
-        log(f"pareto trial {t.number}: test acc={m['acc']:.4f} ece={m['ece']:.4f} nll={m['nll']:.4f} -> {cfg.run_id}")
+        log(f"pareto trial {t.number}: test " + " ".join(f"{o.name}={m[o.name]:.4f}" for o in OBJECTIVES)
+            + f" -> {cfg.run_id}")
     study.set_user_attr("pareto_test_runs", test_runs)  # finished trials are immutable; the study is not
     return study

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from methods.adapter import lora_layers
+from methods.shared.adapter import lora_layers
 from methods.base import ConfigError
-from methods.bayesian_lora_parts import InducingFactor
+from methods.bayesian_lora import InducingFactor
 from methods.registry import get_method
 from methods.settings import make_config
 from runners.evaluate import predict
@@ -153,7 +153,8 @@ def test_mean_mode_is_not_stochastic(data_dir):
     bb, scorer = tiny()
     cls = get_method("bayesian_lora")
     m = cls(make_config(cls.Config, {"predict_mode": "mean"}), bb, scorer, 0)
-    assert m.stochastic is False and cls.stochastic is True
+    assert m.stochastic is False and cls.samples_for(m.config, 10) == 1
+    assert cls.samples_for(make_config(cls.Config, {})) == 4 and cls.samples_for(make_config(cls.Config, {}), 7) == 7
 
 
 @pytest.mark.parametrize("extra", [

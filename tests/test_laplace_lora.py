@@ -14,11 +14,12 @@ import torch
 from torch.func import functional_call
 
 from methods.base import ConfigError, FitData
-from methods.laplace.factors import FullFactor, LowRankFactor
-from methods.laplace.hooks import Capture, row_examples
-from methods.laplace.posterior import KronLayer
-from methods.laplace.predictive import glm_logits, mc_logprobs, probit_logprobs
+from methods.laplace_lora.factors import FullFactor, LowRankFactor
+from methods.laplace_lora.hooks import Capture, row_examples
+from methods.laplace_lora.posterior import KronLayer
+from methods.laplace_lora.predictive import glm_logits, mc_logprobs, probit_logprobs
 from methods.laplace_lora import LaplaceLoRA
+from methods.registry import load_fit
 from methods.lora import LoRA
 from methods.settings import make_config
 from runners.evaluate import predict
@@ -26,14 +27,7 @@ from tasks import load_split
 from tests.helpers import tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's ops are too small to gain from intra-op threads; on a loaded 2-core machine OpenMP
-    spin-waiting made this file 5x slower (54 s vs 11 s). Restored afterwards for the other test files."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,7 @@ def fit(adapter, data, tmp_path, mode="label", **settings):
     bb, scorer = tiny(mode)
     cfg = make_config(LaplaceLoRA.Config, {"batch_size": 4, "prior_grid_size": 5, **settings})
     method = LaplaceLoRA(cfg, bb, scorer, seed=0)
-    method.fit(FitData(train=data[0], validation=data[1], workdir=tmp_path, adapter_dir=adapter))
+    method.fit(FitData(train=data[0], validation=data[1], workdir=tmp_path, base=load_fit("lora", adapter, bb, scorer)))
     return method
 
 
@@ -90,7 +84,7 @@ def autograd_jacobian(method, batch) -> dict[str, torch.Tensor]:
 
 
 def hook_jacobian(method, batch) -> dict[str, torch.Tensor]:
-    from methods.laplace.hooks import per_example_grads
+    from methods.laplace_lora.hooks import per_example_grads
     out = {n: [] for n, _ in method.layers}
     rows = row_examples(batch)
     with Capture(method.layers) as cap, torch.enable_grad():
@@ -261,7 +255,7 @@ def test_variants_fit_and_predict(adapter, data, tmp_path, settings):
 
 
 def test_marglik_choice_is_the_curve_maximum(adapter, data, tmp_path):
-    from methods.laplace.prior import log_marglik
+    from methods.laplace_lora.prior import log_marglik
     method = fit(adapter, data, tmp_path, prior_grid_size=9)
     lam, f = method.prior_precision, method.fitted
     best = max(f["prior_curve"])

@@ -6,16 +6,15 @@ import pytest
 import torch
 
 from methods.base import ConfigError
-from methods.lora_xs_parts import module as xs
-from methods.lora_xs_parts.projections import dct_matrix, parse_projection, projection, split_rank
+from methods.lora_xs import module as xs
+from methods.lora_xs.projections import dct_matrix, parse_projection, projection, split_rank
 from methods.registry import get_method
 from methods.settings import make_config
 from runners.config import build_run_config
 from runners.evaluate import predict
 from runners.run import execute
 from tasks import load_split
-from tests.helpers import build, tiny
-from tests.test_run import cli
+from tests.helpers import assert_bad_input, build, cli, tiny
 
 torch.manual_seed(0)
 W = torch.randn(24, 40, dtype=torch.float64) @ torch.diag(torch.linspace(3, 0.1, 40, dtype=torch.float64))
@@ -140,7 +139,7 @@ def xs_adapter(tmp_path_factory, data_dir):
 
 @pytest.mark.parametrize("structure", ["kron", "diag"])
 def test_l_lora_xs_posterior_is_over_the_cores_only(structure, xs_adapter, data_dir, tmp_path):
-    m = build("l_lora_xs", data_dir, tmp_path, adapter_dir=xs_adapter, extra={"hessian_structure": structure})
+    m = build("l_lora_xs", data_dir, tmp_path, base_dir=xs_adapter, extra={"hessian_structure": structure})
     assert all(n.endswith(".xs_R") for n, _ in m.layers)
     assert m.trainable_parameters() == len(m.layers) * 64
     assert m.fitted["low_rank_layers"] == 0 and m.prior_precision > 0
@@ -148,7 +147,7 @@ def test_l_lora_xs_posterior_is_over_the_cores_only(structure, xs_adapter, data_
 
 def test_l_lora_xs_with_huge_prior_is_the_map(xs_adapter, data_dir, tmp_path):
     examples = load_split("arc_easy", "test", data_dir=data_dir, limit=5)
-    lap = build("l_lora_xs", data_dir, tmp_path, adapter_dir=xs_adapter,
+    lap = build("l_lora_xs", data_dir, tmp_path, base_dir=xs_adapter,
                 extra={"prior_method": "fixed", "prior_precision": 1e9})
     bb, scorer = tiny()
     mle = get_method("lora_xs")(make_config(get_method("lora_xs").Config, {}), bb, scorer, 0)
@@ -176,10 +175,7 @@ def test_cli_bad_settings_exit_2_nothing_written(args, needle, tmp_path, data_di
     results = tmp_path / "results"
     p = cli("run", *args, "--task", "arc_easy", "--model", "tiny-random-llama", "--precision", "fp32",
             results=results, data_dir=data_dir)
-    assert p.returncode == 2, p.stderr
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and needle.lower() in lines[0].lower(), p.stderr
-    assert not results.exists() or not any(results.iterdir())
+    assert_bad_input(p, needle, results)
 
 
 def test_l_lora_xs_rejects_a_peft_adapter(tmp_path, data_dir):

@@ -5,12 +5,13 @@ start from an adapter of their `base_method`.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from methods.registry import get_method, method_names
-from metrics import predictive_probs
 from runners.evaluate import predict
 from tasks import load_split
 from tests.helpers import build, tiny
@@ -42,7 +43,7 @@ def fitted(request, tmp_path_factory, data_dir, base_adapter):
     name = request.param
     cls = get_method(name)
     work = tmp_path_factory.mktemp(name)
-    return build(name, data_dir, work, adapter_dir=base_adapter(cls.base_method) if cls.posthoc else None), work
+    return build(name, data_dir, work, base_dir=base_adapter(cls.base_method) if cls.posthoc else None), work
 
 
 def _predict(method, examples, seed=0):
@@ -51,15 +52,31 @@ def _predict(method, examples, seed=0):
 
 
 class TestMethodContract:
-    def test_shapes_and_probabilities(self, fitted, eval_examples):
+    def test_every_sample_is_a_distribution_over_the_present_choices(self, fitted, eval_examples):
         method, _ = fitted
         logp = _predict(method, eval_examples)
-        n = S if method.stochastic else 1
-        assert logp.shape == (len(eval_examples), n, max(e.n_choices for e in eval_examples))
-        probs = predictive_probs(logp)
-        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
-        for e, p in zip(eval_examples, probs):  # absent choices (3-choice items) get probability 0
-            assert np.all(p[e.n_choices:] == 0)
+        per_sample = np.exp(logp)
+        np.testing.assert_allclose(per_sample.sum(-1), 1.0, atol=1e-4)  # each sample, not only their mean
+        for e, p in zip(eval_examples, per_sample):  # absent choices (3-choice items) get probability 0
+            assert np.all(p[:, e.n_choices:] == 0)
+
+    def test_declared_samples_are_what_it_draws(self, fitted):
+        method, _ = fitted
+        cls = type(method)
+        assert method.stochastic == (cls.samples_for(method.config) > 1)
+        assert cls.samples_for(method.config, 7) in (1, 7, cls.samples_for(method.config))
+
+    def test_point_estimate_when_declared(self, fitted, eval_examples):
+        """A declared point estimate is a distribution over the present choices of every example."""
+        method, _ = fitted
+        if not method.has_point_estimate:
+            return
+        batch = method.scorer.encode(eval_examples)
+        with torch.no_grad():
+            point = method.predict_point_logprobs(batch).float().exp().numpy()
+        assert point.shape == tuple(batch.choice_mask.shape)
+        np.testing.assert_allclose(point.sum(-1), 1.0, atol=1e-4)
+        assert np.all(point[~batch.choice_mask.numpy()] == 0)
 
     def test_repeatable_under_seed(self, fitted, eval_examples):
         method, _ = fitted
@@ -85,9 +102,16 @@ class TestMethodContract:
                                    atol=1e-5)
 
     def test_records_what_it_fitted(self, fitted):
-        method, _ = fitted
-        assert isinstance(method.fitted, dict)
-        assert isinstance(method.trainable_parameters(), int)
+        """What it fitted goes into result.json: it must serialise, and survive a save/load."""
+        method, work = fitted
+        json.dumps(method.fitted)
+        if method.name != "zero_shot":
+            assert method.fitted, f"{method.name} fitted something but recorded nothing"
+        method.save(work / "saved_fitted")
+        bb, scorer = tiny()
+        fresh = type(method)(method.config, bb, scorer, method.seed)
+        fresh.load(work / "saved_fitted")
+        assert json.loads(json.dumps(fresh.fitted)) == json.loads(json.dumps(method.fitted))
 
 
 def test_training_changes_predictions(tmp_path, data_dir, eval_examples):

@@ -9,7 +9,7 @@ import torch
 from methods.base import ConfigError
 from methods.registry import get_method
 from methods.settings import make_config
-from methods.training import train_classifier
+from methods.shared.training import train_classifier
 from metrics import COLLAPSE_TV, posterior_diagnostics
 from runners.config import build_run_config
 from runners.run import execute
@@ -17,12 +17,7 @@ from tasks import load_split
 from tests.helpers import build, tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the shared loop ------------------------------------------------------------------------------

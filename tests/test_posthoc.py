@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
-from methods.adapter import lora_layers
+from methods.shared.adapter import lora_layers
 from methods.base import ConfigError
 from methods.registry import get_method
 from methods.settings import make_config
 from methods.temperature import fit_temperature
 from runners.config import build_run_config
 from runners.run import execute
-from tests.helpers import build, tiny
+from tests.helpers import assert_bad_input, build, cli, tiny
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,8 @@ def test_temperature_recovers_known_temperature():
 
 
 def test_tfb_reparametrisation_keeps_the_adapter_and_noise_is_isotropic(adapter, data_dir, tmp_path):
-    plain = build("temperature", data_dir, tmp_path, adapter_dir=adapter)  # the adapter as trained
-    tfb = build("tfb", data_dir, tmp_path, adapter_dir=adapter, extra={"anchor_size": 8, "iterations": 2})
+    plain = build("temperature", data_dir, tmp_path, base_dir=adapter)  # the adapter as trained
+    tfb = build("tfb", data_dir, tmp_path, base_dir=adapter, extra={"anchor_size": 8, "iterations": 2})
     from tasks import load_split
     ex = load_split("arc_easy", "test", data_dir=data_dir, limit=5)
     torch.testing.assert_close(tfb.deterministic_logits(ex)[0], plain.deterministic_logits(ex)[0], atol=1e-4, rtol=0)
@@ -54,7 +54,7 @@ def test_tfb_reparametrisation_keeps_the_adapter_and_noise_is_isotropic(adapter,
 def test_tfb_sigma_satisfies_constraint(adapter, data_dir, tmp_path):
     fitted = {}
     for relative in ("true", "reference"):
-        m = build("tfb", data_dir, tmp_path, adapter_dir=adapter,
+        m = build("tfb", data_dir, tmp_path, base_dir=adapter,
                   extra={"variant": "paper", "anchor_size": 12, "iterations": 4, "anchor_samples": 4, "sigma_max": 2.0,
                          "relative": relative})
         f = m.fitted
@@ -90,7 +90,7 @@ def foreign_adapter(adapter, tmp_path):
 
 
 def test_adapter_that_does_not_match_backbone(adapter, tmp_path):
-    from methods.adapter import load_adapter
+    from methods.shared.adapter import load_adapter
     bad = foreign_adapter(adapter, tmp_path)
     bb, _ = tiny()
     with pytest.raises(ConfigError, match="does not have"):
@@ -114,13 +114,7 @@ def test_posthoc_runs_reuse_one_lora_adapter(tmp_path, data_dir):
 
 
 def test_cli_adapter_of_another_model_exit_2_nothing_written(adapter, tmp_path, data_dir):
-    import subprocess
-    import sys
-    from tests.conftest import ROOT
     bad = foreign_adapter(adapter, tmp_path)
-    p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "run", "--method", "temperature", "--task", "arc_easy",
-                        "--model", "tiny-random-llama", "--adapter", str(bad), "--limit-train", "4", "--limit-eval", "4",
-                        "--data-dir", data_dir, "--results", str(tmp_path / "r")], capture_output=True, text=True)
-    assert p.returncode == 2 and "another model" in p.stderr
-    results = tmp_path / "r"
-    assert not results.exists() or not any(results.iterdir())
+    p = cli("run", "--method", "temperature", "--task", "arc_easy", "--model", "tiny-random-llama", "--adapter",
+            str(bad), "--limit-train", "4", "--limit-eval", "4", results=tmp_path / "r", data_dir=data_dir)
+    assert_bad_input(p, "another model", tmp_path / "r")

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from metrics import compute_metrics
 from runners.config import build_run_config
 from runners.run import execute
 from tests.conftest import ROOT
+from tests.helpers import assert_bad_input, cli
 
 TINY = dict(model="tiny-random-llama", limit_train=8, limit_eval=9, ood=("mmlu_chem",), precision="fp32")
 FAST = {"epochs": "1", "batch_size": "4"}
@@ -67,12 +66,6 @@ def test_seed_makes_run_repeatable(done, data_dir, tmp_path):
     assert rerun["metrics"] == rec["metrics"]
 
 
-def cli(*args, results: Path, data_dir: str):
-    env = {**os.environ, "BAYESPEFT_DATA_DIR": data_dir}
-    return subprocess.run([sys.executable, str(ROOT / "benchmark.py"), *args, "--results", str(results)],
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
 BAD = [
     (["--method", "lorra", "--task", "arc_easy"], "did you mean 'lora'"),
     (["--method", "lora", "--task", "arc_easyy"], "did you mean"),
@@ -94,10 +87,7 @@ def test_bad_input_one_line_exit_2_nothing_written(args, needle, tmp_path, data_
     results = tmp_path / "results"
     p = cli("run", *args, "--model", "tiny-random-llama", results=results, data_dir=data_dir) \
         if "--model" not in args else cli("run", *args, results=results, data_dir=data_dir)
-    assert p.returncode == 2, p.stderr
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and needle.lower() in lines[0].lower(), p.stderr
-    assert not results.exists() or not any(results.iterdir())
+    assert_bad_input(p, needle, results)
 
 
 def test_malformed_custom_file(tmp_path, data_dir):

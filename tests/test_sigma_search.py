@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from methods.sigma_search import SigmaSearchError, search
+from methods.tfb.sigma_search import SigmaSearchError, search
 
 LO, HI, TOL, IT = 1e-4, 0.1, 0.003, 8
 WIDTH = (HI - LO) / 2 ** IT

@@ -1,14 +1,12 @@
 """Trained Bayesian methods: BLoB (KL, flipout, zero-variance limit), MC dropout, deep ensembles."""
 from __future__ import annotations
 
-import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from methods.adapter import lora_layers
+from methods.shared.adapter import lora_layers
 from methods.base import ConfigError
 from methods.blob import BayesLinear, gaussian_kl, kl_weight
 from methods.registry import get_method
@@ -21,14 +19,7 @@ from tasks import load_split
 from tests.helpers import build, fast_settings, tiny
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matmuls gain nothing from threads, and on a shared CPU the thread pool's contention
-    can make them 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +147,13 @@ def test_mc_dropout_without_dropout_is_lora(data_dir, tmp_path, examples):
 @pytest.fixture(scope="module")
 def ensemble(lora, data_dir, tmp_path_factory):
     _, adapter = lora
-    return build("ensemble", data_dir, tmp_path_factory.mktemp("ens"), adapter_dir=adapter,
+    return build("ensemble", data_dir, tmp_path_factory.mktemp("ens"), base_dir=adapter,
                  extra={"lr": 1e-2, "members": 2})
 
 
 def test_ensemble_member0_is_the_base_adapter(lora, ensemble, examples):
     method, adapter = lora
-    assert ensemble.fitted["members"][0]["source"] == str(adapter) and len(ensemble.fitted["members"]) == 2
+    assert ensemble.fitted["members"][0]["source"] == "base lora fit" and len(ensemble.fitted["members"]) == 2
     assert ensemble.fitted["members"][1]["seed"] == 1000
     logp = predict(ensemble, examples, 2, batch_size=3, seed=0)
     np.testing.assert_allclose(logp[:, :1], predict(method, examples, 1, batch_size=3, seed=0), atol=1e-6)
@@ -187,16 +178,12 @@ def test_ensemble_averages_probabilities_not_logits(ensemble, examples, monkeypa
     assert abs(probs[0, 0] - torch.stack(list(table.values())).mean(0).softmax(-1)[0].item()) > 0.2
 
 
-def test_ensemble_rejects_a_base_adapter_of_other_shape(lora, tmp_path):
-    _, adapter = lora
-    bad = tmp_path / "bad"
-    shutil.copytree(adapter, bad)
-    cfg = json.loads((bad / "adapter_config.json").read_text())
-    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "r": 4}))
+def test_ensemble_rejects_a_base_adapter_of_other_shape(lora):
+    method, _ = lora  # r=8
     bb, scorer = tiny()
     cls = get_method("ensemble")
     with pytest.raises(ConfigError, match="does not match"):
-        cls(make_config(cls.Config, {}), bb, scorer, 0)._check_base(bad)
+        cls(make_config(cls.Config, {"r": 4}), bb, scorer, 0)._check_base(method)
 
 
 def test_runner_gives_ensemble_the_lora_run_of_its_settings(tmp_path, data_dir):
@@ -209,7 +196,7 @@ def test_runner_gives_ensemble_the_lora_run_of_its_settings(tmp_path, data_dir):
     rec = execute(cfg, tmp_path, data_dir=data_dir, device="cpu")
     assert rec["base_run"] == base.run_id and (tmp_path / base.run_id / "result.json").is_file()
     assert rec["method"]["n_samples"] == 2
-    assert rec["method"]["fitted"]["members"][0]["source"] == str(tmp_path / base.run_id / "artifacts")
+    assert rec["method"]["fitted"]["members"][0]["source"] == "base lora fit"
 
 
 # ---- settings -------------------------------------------------------------------------------------
@@ -230,7 +217,7 @@ def test_bad_settings(method, settings, needle):
 
 
 def test_samples_per_pass_shrinks_for_long_rows():
-    from methods.sampling import MAX_ATTENTION, samples_per_pass
+    from methods.shared.sampling import MAX_ATTENTION, samples_per_pass
     assert samples_per_pass(rows=8, length=70, n_samples=10) == 10       # short ARC rows: all samples at once
     long = samples_per_pass(rows=8, length=400, n_samples=10)
     assert 1 <= long < 10 and 8 * long * 400 ** 2 <= MAX_ATTENTION       # long rows: bounded attention

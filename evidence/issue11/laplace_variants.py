@@ -17,9 +17,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from backbones import BackboneConfig, Scorer, load_backbone  # noqa: E402
 from methods.base import FitData  # noqa: E402
-from methods.laplace.predictive import glm_logits, glm_logprobs  # noqa: E402
-from methods.laplace.prior import choose_marglik, grid  # noqa: E402
+from methods.laplace_lora.predictive import glm_logits, glm_logprobs  # noqa: E402
+from methods.laplace_lora.prior import choose_marglik, grid  # noqa: E402
 from methods.laplace_lora import LaplaceLoRA  # noqa: E402
+from methods.registry import load_fit  # noqa: E402
 from methods.settings import make_config  # noqa: E402
 from metrics import compute_metrics  # noqa: E402
 from tasks import load_split  # noqa: E402
@@ -67,7 +68,7 @@ for full_max in (4096, 256):
     cfg = make_config(LaplaceLoRA.Config, {"kfac_full_max": full_max, "prior_method": "fixed"})
     m = LaplaceLoRA(cfg, bb, scorer, 0)
     t0 = time.time()
-    m.fit(FitData(train=train, validation=[], workdir=Path("/tmp"), adapter_dir=Path(args.adapter)))
+    m.fit(FitData(train=train, validation=[], workdir=Path("/tmp"), base=load_fit("lora", args.adapter, bb, scorer)))
     fit_s = time.time() - t0
     theta_sq = float(sum(p.weight.detach().double().pow(2).sum() for _, p in m.layers))
     lam_ml, _ = choose_marglik(m.posterior, theta_sq, m.fitted["train_loglik_map"], lams)

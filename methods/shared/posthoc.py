@@ -1,4 +1,4 @@
-"""Shared plumbing of post-hoc methods: load the trained adapter, cache its deterministic class logits,
+"""Shared plumbing of post-hoc methods: take the fitted `lora` base, cache its deterministic class logits,
 save and load what was fitted beside a copy of the adapter (so a saved run is self-contained)."""
 from __future__ import annotations
 
@@ -7,20 +7,21 @@ from pathlib import Path
 
 import torch
 
-from methods.adapter import load_adapter
+from methods.shared.adapter import load_adapter
 from methods.base import FitData, Method
 
 
 class PosthocMethod(Method):
     posthoc = True
+    base_method = "lora"
 
     def _load_adapter(self, adapter_dir: Path) -> None:
-        if adapter_dir is None:
-            raise ValueError(f"{self.name} is post-hoc: it needs a trained adapter (FitData.adapter_dir)")
         self.model = load_adapter(self.backbone, Path(adapter_dir))
 
     def fit(self, data: FitData) -> dict:
-        self._load_adapter(data.adapter_dir)
+        if data.base is None:
+            raise ValueError(f"{self.name} is post-hoc: it needs a fitted {self.base_method} (FitData.base)")
+        self.model = data.base.model
         self.fitted = self.fit_posthoc(data)
         return self.fitted
 

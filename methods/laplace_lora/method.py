@@ -4,7 +4,7 @@ Starting from a trained `lora` adapter (the MAP), the base model stays frozen an
 Gaussian posterior N(theta_MAP, (H + lam I)^-1):
 - H: the exact GGN of the K-class categorical likelihood on the scorer's class logits, per lora_A / lora_B
   matrix, Kronecker-factored (`kron`, sides above `kfac_full_max` kept at rank `n_kfac` by incremental SVD)
-  or diagonal (`diag`); see methods/laplace/curvature.py.
+  or diagonal (`diag`); see methods/laplace_lora/curvature.py.
 - lam: maximises the Laplace marginal likelihood on train (`marglik`), minimises validation NLL (`val_nll`),
   or is given (`fixed`).
 - predictive: linearised over the class logits (`glm`, with a `probit` or `mc` link) or by sampling LoRA
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from methods.adapter import load_adapter
+from methods.shared.adapter import load_adapter
 from methods.base import ConfigError, FitData, Method, MethodConfig
-from methods.laplace.curvature import KFAC_APPROX, fit_curvature
-from methods.laplace.hooks import SUBSETS, posterior_layers
-from methods.laplace.posterior import LAYER_KINDS
-from methods.laplace.predictive import LINKS, PREDICTIVES, glm_logits, glm_logprobs, nn_logprobs
-from methods.laplace.prior import choose_marglik, choose_val_nll, grid, log_marglik
+from methods.laplace_lora.curvature import KFAC_APPROX, fit_curvature
+from methods.laplace_lora.hooks import SUBSETS, posterior_layers
+from methods.laplace_lora.posterior import LAYER_KINDS
+from methods.laplace_lora.predictive import LINKS, PREDICTIVES, glm_logits, glm_logprobs, nn_logprobs
+from methods.laplace_lora.prior import choose_marglik, choose_val_nll, grid, log_marglik
 
 PRIOR_METHODS = ("marglik", "val_nll", "fixed")
 
@@ -90,7 +90,7 @@ class LaplaceLoRA(Method):
     name = "laplace_lora"
     Config = LaplaceLoRAConfig
     posthoc = True
-    stochastic = False
+    base_method = "lora"
     has_point_estimate = True  # the MAP adapter
 
     def __init__(self, *args, **kwargs):
@@ -100,12 +100,11 @@ class LaplaceLoRA(Method):
     # ---- fit ----------------------------------------------------------------------------------------
     def fit(self, data: FitData) -> dict:
         cfg = self.config
-        if data.adapter_dir is None:
-            raise ConfigError(f"{self.name} is post-hoc: it needs a trained {self.base_method} adapter "
-                              "(FitData.adapter_dir)")
+        if data.base is None:
+            raise ConfigError(f"{self.name} is post-hoc: it needs a fitted {self.base_method} (FitData.base)")
         if cfg.prior_method == "val_nll" and not data.validation:
             raise ConfigError("prior_method=val_nll needs validation examples; use prior_method=marglik")
-        self.model = self._load_model(data.adapter_dir)
+        self._take_base(data.base)
         self.layers = self._posterior_layers()
         t0 = time.perf_counter()
         self.posterior, loglik = fit_curvature(self.model, self.scorer, self.backbone, self.layers, data.train,
@@ -137,11 +136,14 @@ class LaplaceLoRA(Method):
             "n_examples": len(data.train),
             "kfac_seconds": t1 - t0,  # the curvature pass (diag included)
             "prior_seconds": t2 - t1,
-            "adapter_dir": str(data.adapter_dir),
+            "base_method": data.base.name,
         }
         return self.fitted
 
-    # ---- what carries the posterior: subclasses (l_lora_xs) override these three ---------------------
+    # ---- what carries the posterior: subclasses (l_lora_xs) override these four ----------------------
+    def _take_base(self, base) -> None:
+        self.model = base.model  # the MAP: the base's own model, loaded by the runner
+
     def _load_model(self, adapter_dir: Path):
         return load_adapter(self.backbone, adapter_dir)
 

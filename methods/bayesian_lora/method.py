@@ -3,14 +3,14 @@
 Each Bayesian LoRA factor W (peft's lora_A and/or lora_B of an adapted module) gets a small inducing matrix U
 (m_r x m_c, whitened prior N(0, I)), a variational q(U) (diagonal or matrix-normal Gaussian, optionally
 through a zuko MAF) and the exact Kronecker sparse-GP conditional p(W | U), whose covariance q shrinks by
-lambda^2 (methods/bayesian_lora_parts/inducing.py has the model, the scale and the sampling rule). The other
+lambda^2 (methods/bayesian_lora/inducing.py has the model, the scale and the sampling rule). The other
 factor stays an ordinary trainable LoRA factor.
 
-Training maximises the ELBO per example with the shared loop (methods/training.py):
+Training maximises the ELBO per example with the shared loop (methods/shared/training.py):
     CE(one W sample per step, shared by the whole batch) + (beta KL[q(U)||p(U)] + KL[q(W|U)||p(W|U)]) / N_train,
 summed over factors; with a flow the first KL is the Monte Carlo value log q(U) - log p(U) at the step's sample.
 
-Prediction: `mc` averages S weight samples, drawn in one batch-expanded pass (methods/sampling.py); `mean` uses
+Prediction: `mc` averages S weight samples, drawn in one batch-expanded pass (methods/shared/sampling.py); `mean` uses
 E_q[W] (a fixed matrix, mergeable into the base weights like a LoRA adapter), and then this instance is not
 stochastic (the runner asks for S = 1). With lambda and q(U)'s spread at 0 both reduce to LoRA with weights E_q[W].
 
@@ -42,12 +42,13 @@ from pathlib import Path
 
 import torch
 
-from methods.adapter import lora_layers
+from methods.shared.adapter import lora_layers
 from methods.base import ConfigError, FitData, Method
-from methods.bayesian_lora_parts import FAMILIES, InducingFactor
+from methods.bayesian_lora.inducing import InducingFactor
+from methods.bayesian_lora.variational import FAMILIES
 from methods.lora import LoRAConfig
-from methods.sampling import sampled_logprobs
-from methods.training import train_classifier
+from methods.shared.sampling import sampled_logprobs
+from methods.shared.training import train_classifier
 
 FACTORS = {"A": ("A",), "B": ("B",), "both": ("A", "B")}
 PREDICT_MODES = ("mc", "mean")
@@ -103,13 +104,15 @@ class BayesianLoRA(Method):
 
     name = "bayesian_lora"
     Config = BayesianLoRAConfig
-    stochastic = True  # predict_mode=mc; an instance with predict_mode=mean sets its own `stochastic` False
     has_point_estimate = True  # E_q[W]
     default_samples = 4
 
+    @classmethod
+    def samples_for(cls, config, requested=None) -> int:
+        return 1 if config.predict_mode == "mean" else super().samples_for(config, requested)
+
     def __init__(self, config, backbone, scorer, seed):
         super().__init__(config, backbone, scorer, seed)
-        self.stochastic = config.predict_mode == "mc"
         self.model = None
         self.factors: list[tuple[str, str, object, InducingFactor]] = []  # (module name, "A"/"B", peft layer, factor)
 

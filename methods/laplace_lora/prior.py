@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from methods.laplace.predictive import glm_logits, glm_logprobs, nn_logprobs
+from methods.laplace_lora.predictive import glm_logits, glm_logprobs, nn_logprobs
 
 
 def grid(lo: float, hi: float, n: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from methods.adapter import lora_layers
+from methods.shared.adapter import lora_layers
 from methods.base import ConfigError
 
 SUBSETS = ("all", "last_layer")

@@ -3,7 +3,7 @@ the r x r core R trained (r^2 parameters per module instead of r (d_in + d_out))
 `l_lora_xs` puts a Laplace posterior on.
 
 `projection` picks the family that fixes A and B (svd, wsvd, dct, random, or hybrids like dct-1/2+svd; see
-methods/lora_xs_parts/projections.py). `unfreeze_ab` trains A and B as well (L-LoRA-S in the seed paper).
+methods/lora_xs/projections.py). `unfreeze_ab` trains A and B as well (L-LoRA-S in the seed paper).
 R starts at N(0, init_std^2): near zero, so training starts from the pretrained model, but not exactly zero.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 
 from methods.base import ConfigError, FitData
 from methods.lora import LoRA
-from methods.lora_xs_parts import module as xs
-from methods.lora_xs_parts.projections import parse_projection, projection, split_rank
-from methods.training import TrainConfig, train_classifier
+from methods.lora_xs import module as xs
+from methods.lora_xs.projections import parse_projection, projection, split_rank
+from methods.shared.training import TrainConfig, train_classifier
 
 
 @dataclass
@@ -85,15 +85,25 @@ class LoRAXS(LoRA):
         params = [p for n, p in self.model.named_parameters() if p.requires_grad and ".xs_" in n]
         stats = train_classifier(self.model, params, self, data.train, self.config, self.seed, desc=self.name)
         self.fitted = {"regime": "MAP" if self.config.weight_decay > 0 else "MLE", **info, **stats}
+        cfg = self.config
+        self.meta = {"r": cfg.r, "projection": cfg.projection, "unfreeze_ab": cfg.unfreeze_ab,
+                     "target_modules": list(cfg.target_modules)}  # how A and B were made (saved with them)
         return self.fitted
 
     def save(self, path: Path) -> None:
-        cfg = self.config
-        xs.save(self.model, path, {"r": cfg.r, "projection": cfg.projection, "unfreeze_ab": cfg.unfreeze_ab,
-                                   "target_modules": list(cfg.target_modules)})
+        xs.save(self.model, path, self.meta)
+        self.save_fitted(path)
 
     def load(self, path: Path) -> None:
         self.model = xs.load(self.backbone, path)
+        self.meta = xs.read_meta(path)
+        self.load_fitted(path)
+
+    @classmethod
+    def check_saved(cls, path: Path) -> None:
+        if not (Path(path) / xs.MARKER).is_file():
+            raise ConfigError(f"{path} is not a lora_xs adapter (no {xs.MARKER}); point --adapter at the "
+                              "artifacts directory of a lora_xs run")
 
     def trainable_parameters(self) -> int:
         parts = ("R", "A", "B") if self.config.unfreeze_ab else ("R",)

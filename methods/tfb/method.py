@@ -4,7 +4,7 @@ Per LoRA module, the compact SVD B = U diag(d) V^T reparametrises the adapter as
 A' = V^T A (B'A' = BA exactly). The posterior q(A') = N(A', Omega^2) with Omega_ij = sigma_q / d_i puts
 isotropic noise of variance sigma_q^2 on the weight update inside the column space of B. One sigma_q is
 shared by all modules: the largest value in [sigma_min, sigma_max] whose degradation of an anchor set stays
-within `epsilon`, to the resolution of `iterations` bisection steps (methods/sigma_search.py: by default in
+within `epsilon`, to the resolution of `iterations` bisection steps (methods/tfb/sigma_search.py: by default in
 fewer evaluations than bisection). Prediction averages softmax over N samples.
 
 The paper's text and its reference code (Wang-ML-Lab/bayesian-peft, modelwrappers/tfblora.py and
@@ -30,11 +30,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from methods.adapter import lora_layers
+from methods.shared.adapter import lora_layers
 from methods.base import ConfigError, MethodConfig
-from methods.posthoc import PosthocMethod
-from methods.sampling import sampled_logprobs
-from methods.sigma_search import SEARCHES, search
+from methods.shared.posthoc import PosthocMethod
+from methods.shared.sampling import sampled_logprobs
+from methods.tfb.sigma_search import SEARCHES, search
 from tasks.types import length_order
 
 CRITERIA = ("nll", "flip")
@@ -100,7 +100,6 @@ class TFB(PosthocMethod):
 
     name = "tfb"
     Config = TFBConfig
-    stochastic = True
     has_point_estimate = True  # sigma = 0: B'A' = BA, the MAP
     default_samples = 10
 

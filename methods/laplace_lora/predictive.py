@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from methods.laplace.hooks import Capture, per_example_grads, row_examples
+from methods.laplace_lora.hooks import Capture, per_example_grads, row_examples
 
 LINKS = ("probit", "mc")
 PREDICTIVES = ("glm", "nn")

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.bayesian_lora_parts.variational import InducingPosterior, inverse_softplus
+from methods.bayesian_lora.variational import InducingPosterior, inverse_softplus
 
 D_INIT = 0.1    # initial D_r, D_c: K = Z Z^T + D^2 stays well conditioned when m > d (lora_A: m_r = 9 > r = 8)
 D_FLOOR = 1e-4  # keeps K positive definite and the conditional covariance full rank whatever D is trained to

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from methods.laplace.factors import make_factor
-from methods.laplace.hooks import Capture, per_example_grads, row_examples
-from methods.laplace.posterior import DiagLayer, KronLayer
+from methods.laplace_lora.factors import make_factor
+from methods.laplace_lora.hooks import Capture, per_example_grads, row_examples
+from methods.laplace_lora.posterior import DiagLayer, KronLayer
 
 KFAC_APPROX = ("reduce", "expand")
 
