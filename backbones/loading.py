@@ -44,6 +44,9 @@ class BackboneConfig:
             raise BackboneError(f"device {self.device!r} is not one of auto, cpu, cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise BackboneError("device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if self.quant != "none" and self.name == "tiny-random-llama":  # before the preset shortcut below
+            raise BackboneError("quant needs pretrained weights; tiny-random-llama is built from a config "
+                                "(use --quant none)")
         if self.name in PRESETS or Path(self.name).is_dir():
             return
         if "/" not in self.name:  # neither a preset, nor a directory, nor a hub id of the form org/name
@@ -51,8 +54,6 @@ class BackboneConfig:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise BackboneError(f"unknown model {self.name!r}: not a preset, a local directory or a hub id "
                                 f"(org/name).{hint} See `python benchmark.py list models`.")
-        if self.quant != "none" and self.name == "tiny-random-llama":
-            raise BackboneError("quant needs pretrained weights; tiny-random-llama is built from a config")
 
 
 @dataclass
@@ -114,9 +115,20 @@ def load_backbone(cfg: BackboneConfig, seed: int = 0) -> Backbone:
     tokenizer.padding_side = "left"
     if cfg.quant == "none":
         model.to(device)
+    else:
+        _check_quantized(model, cfg)
     model.eval()
     model.requires_grad_(False)
     return Backbone(model=model, tokenizer=tokenizer, device=device, config=cfg)
+
+
+def _check_quantized(model, cfg: BackboneConfig) -> None:
+    """A run records `quant`: make sure bitsandbytes really replaced the base Linear layers."""
+    kinds = {type(m).__name__ for m in model.modules()}
+    want = {"4bit": "Linear4bit", "8bit": "Linear8bitLt"}[cfg.quant]
+    if want not in kinds:
+        raise BackboneError(f"--quant {cfg.quant}: bitsandbytes left {cfg.name} unquantised (no {want} layer); "
+                            "run with --quant none, or on a machine where bitsandbytes supports it")
 
 
 def list_models() -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import METRICS
+from tasks import file_stem
 
 METRIC_COLS = tuple(METRICS)  # metrics/table.py
 DIAG_COLS = ("mutual_information", "tv_to_point")  # from metrics/diagnostics.py (absent in older results)
@@ -22,15 +23,40 @@ def _variant(rec: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:6]
 
 
+def _problem(rec, run_dir: Path) -> str | None:
+    """Why a finished record cannot be read into a table, or None."""
+    if not isinstance(rec, dict):
+        return f"result.json holds a JSON {type(rec).__name__}, not a run record"
+    try:
+        rec["config"]["method"], rec["config"]["task"], rec["scoring"]["mode"], rec["method"]["n_samples"]
+        metrics = rec["metrics"]
+        missing = [t for t in metrics if not (run_dir / "predictions" / f"{file_stem(t)}.jsonl").is_file()]
+    except (KeyError, TypeError) as e:
+        return f"result.json lacks {e}"
+    if missing:
+        return f"predictions of {', '.join(missing)} are missing (rerun it: `benchmark.py run` retries it)"
+    return None
+
+
 def load_results(results: Path, eval_split: str = "test") -> pd.DataFrame:
-    rows = []
+    """One row per (finished run, evaluated task). Runs that cannot be read are left out and named in
+    `df.attrs["problems"]` ({run directory: why}), so a report shows the rest and says what it skipped."""
+    rows, problems = [], {}
     for f in sorted(Path(results).glob("*/result.json")):
         try:
             rec = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problems[str(f.parent)] = f"result.json is not readable JSON ({type(e).__name__}); delete the run " \
+                                      "directory or rerun it"
+            continue
+        if isinstance(rec, dict) and rec.get("status") != "done":
+            continue
+        why = _problem(rec, f.parent)
+        if why:
+            problems[str(f.parent)] = why
             continue
         cfg = rec.get("config", {})
-        if rec.get("status") != "done" or cfg.get("eval_split", "test") != eval_split:
+        if cfg.get("eval_split", "test") != eval_split:
             continue
         t = rec.get("timings", {})
         mem = rec.get("memory", {})
@@ -52,11 +78,12 @@ def load_results(results: Path, eval_split: str = "test") -> pd.DataFrame:
     if len(df):
         n_variants = df.groupby("method")["settings_id"].transform("nunique")
         df["label"] = np.where(n_variants > 1, df["method"] + "@" + df["settings_id"], df["method"])
+    df.attrs["problems"] = problems
     return df
 
 
 def load_predictions(run_dir: str, task: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = [json.loads(line) for line in open(Path(run_dir) / "predictions" / f"{task}.jsonl")]
+    rows = [json.loads(line) for line in open(Path(run_dir) / "predictions" / f"{file_stem(task)}.jsonl")]
     K = max(len(r["probs"]) for r in rows)
     probs = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
     return probs / probs.sum(1, keepdims=True), np.array([r["label"] for r in rows])

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from metrics import reliability  # noqa: E402
 from runners.collect import cost_table, load_predictions  # noqa: E402
+from tasks import file_stem  # noqa: E402
 
 plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 150})
 
@@ -54,7 +55,7 @@ def reliability_diagrams(df: pd.DataFrame, out: Path) -> list[Path]:
         axes.flat[0].legend(loc="upper left", fontsize=7, frameon=False)
         fig.suptitle(f"Reliability: trained on {task}, evaluated on {eval_task} ({model})", fontsize=9)
         fig.tight_layout()
-        written += _save(fig, out, f"reliability_{task}_{eval_task}")
+        written += _save(fig, out, f"reliability_{file_stem(task)}_{file_stem(eval_task)}")
     return written
 
 
@@ -89,7 +90,7 @@ def pareto_fronts(df: pd.DataFrame, out: Path) -> list[Path]:
         for ax, metric in zip(axes, ("ece", "nll")):
             _front(ax, m["acc"].values, m[metric].values, list(m.index), metric.upper())
         fig.suptitle(f"{task} ({model}): methods, mean over seeds; red = Pareto front", fontsize=9)
-        written += _save(fig, out, f"pareto_{task}")
+        written += _save(fig, out, f"pareto_{file_stem(task)}")
     return written
 
 

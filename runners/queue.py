@@ -23,6 +23,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from methods.base import ConfigError
+
 from runners.config import RunConfig
 from runners.results import read_result
 
@@ -36,7 +38,12 @@ def open_storage(url: str | None, results: Path):
         path = Path(url.removeprefix("journal:")) if url else Path(results) / ".sweeps.journal"
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as e:  # sqlalchemy's URL, driver and connection errors come in many types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"--storage {url!r}: cannot open it ({first}); give a .journal file or an RDB URL "
+                          "such as postgresql+psycopg2://user@host/db or sqlite:///path.db") from None
 
 
 def load_studies(url: str | None, results: Path, prefix: str = "") -> list[optuna.Study]:
@@ -105,10 +112,13 @@ class _Heartbeat(threading.Thread):
                 return
 
 
-def _wait_for_base(storage, study, base_id: str, results: Path, beat_every: float, run_base) -> bool:
+def _wait_for_base(storage, study, base_id: str, results: Path, beat_every: float, run_base,
+                   grace: float = None) -> bool:
     """A post-hoc cell runs after its base lora cell: wait while another worker runs it; if it is only
-    queued (e.g. re-enqueued behind us after a dead worker), claim and run it here rather than deadlock."""
+    queued (e.g. re-enqueued behind us after a dead worker), claim and run it here rather than deadlock.
+    A holder that stopped sending heartbeats loses its claim here too (after `grace` seconds), as in `work`."""
     while True:
+        _reclaim_stale(storage, study, GRACE_S if grace is None else grace)
         rec = read_result(Path(results) / base_id)
         if rec and rec.get("status") == "done":
             return True
@@ -137,10 +147,10 @@ def work(storage_url: str | None, study_name: str, results: Path, data_dir: str 
                 time.sleep(heartbeat)  # others are busy; a dead one may need reclaiming
                 continue
             return did
-        _run_claimed(storage, study, t, results, data_dir, device, worker, heartbeat, did, log)
+        _run_claimed(storage, study, t, results, data_dir, device, worker, heartbeat, did, log, grace)
 
 
-def _run_claimed(storage, study, t, results, data_dir, device, worker, heartbeat, did, log) -> None:
+def _run_claimed(storage, study, t, results, data_dir, device, worker, heartbeat, did, log, grace=None) -> None:
     """Run one claimed cell under a heartbeat and record how it ended in the storage."""
     from runners.run import execute
 
@@ -154,8 +164,8 @@ def _run_claimed(storage, study, t, results, data_dir, device, worker, heartbeat
     try:
         base = t.user_attrs.get("depends_on")
         run_base = lambda bt: _run_claimed(storage, study, bt, results, data_dir, device, worker,  # noqa: E731
-                                           heartbeat, did, log)
-        if base and not _wait_for_base(storage, study, base, results, heartbeat, run_base):
+                                           heartbeat, did, log, grace)
+        if base and not _wait_for_base(storage, study, base, results, heartbeat, run_base, grace):
             raise RuntimeError(f"base run {base} failed")
         rec = execute(cfg, results, data_dir=data_dir, device=device)
         state, summary = TrialState.COMPLETE, {"status": rec["status"], "skipped": bool(rec.get("skipped"))}

@@ -106,8 +106,13 @@ def write_tables(df: pd.DataFrame, out: Path, n_boot: int = 200) -> list[Path]:
     return written
 
 
-def report(results: Path, out: Path, n_boot: int = 200, storage: str | None = None) -> list[Path]:
+def report(results: Path, out: Path, n_boot: int = 200, storage: str | None = None, warn=None) -> list[Path]:
+    """Tables and figures of every finished run under `results`; runs that cannot be read are skipped and
+    named through `warn` (default: stderr)."""
+    import sys
     df = load_results(results)
+    for run_dir, why in df.attrs.get("problems", {}).items():
+        (warn or (lambda m: print(m, file=sys.stderr)))(f"warning: skipped {run_dir}: {why}")
     if df.empty:
         raise FileNotFoundError(f"no finished runs under {results}")
     return write_tables(df, out, n_boot) + write_plots(df, results, out, storage)

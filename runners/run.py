@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import sys
 import traceback
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from metrics import compute_metrics, ood_auroc, posterior_diagnostics, predictiv
 from runners.config import RunConfig, base_run_config
 from runners.evaluate import predict
 from runners.results import Phases, environment, read_result, write_json_atomic
-from tasks import TaskError, check_task, load_split, resolve_data_dir
+from runners.lock import claim, is_stale, lock_path
+from tasks import TaskError, check_task, file_stem, load_split, resolve_data_dir
 
 
 def preflight(cfg: RunConfig, data_dir: str | None) -> None:
@@ -51,14 +53,35 @@ def write_predictions(path: Path, examples, probs: np.ndarray) -> None:
             f.write(json.dumps({"id": e.id, "label": e.label, "probs": [round(float(x), 7) for x in p[: e.n_choices]]}) + "\n")
 
 
+def finished(run_dir: Path) -> dict | None:
+    """The record of a complete finished run: marked done, with its artifacts and every prediction file."""
+    rec = read_result(run_dir)
+    if not rec or rec.get("status") != "done" or not (run_dir / "artifacts").is_dir():
+        return None
+    if any(not (run_dir / "predictions" / f"{file_stem(t)}.jsonl").is_file() for t in rec.get("metrics", {})):
+        return None
+    return rec
+
+
+def _clean_orphans(results_dir: Path) -> None:
+    """Remove the temp directories of runs that died (no live lock holds them); live runs hold their lock."""
+    for tmp in Path(results_dir).glob(".tmp-*"):
+        lock = lock_path(results_dir, tmp.name[len(".tmp-"):])
+        if not lock.exists() or is_stale(lock):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, device: str = "auto",
-            force: bool = False) -> dict:
-    """Run `cfg` unless an identical finished run exists; return its result record."""
+            force: bool = False, log=None) -> dict:
+    """Run `cfg` unless an identical finished run exists; return its result record.
+
+    The cell is claimed first (runners/lock.py): a second identical call waits for the first and returns
+    its result instead of computing it again."""
     data_dir = resolve_data_dir(data_dir)
     preflight(cfg, data_dir)
     final = Path(results_dir) / cfg.run_id
-    done = read_result(final)
-    if done and done.get("status") == "done" and not force:
+    done = finished(final)
+    if done and not force:
         return {**done, "skipped": True}
     base = base_run_config(cfg)
     adapter = Path(cfg.adapter) if cfg.adapter else None
@@ -67,6 +90,19 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
         if base_rec.get("status") != "done":
             raise RuntimeError(f"base {base.method} run {base.run_id} did not finish: {base_rec.get('error')}")
         adapter = Path(results_dir) / base.run_id / "artifacts"
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    with claim(results_dir, cfg.run_id, on_wait=lambda: say(f"{cfg.run_id}: another process is running this "
+                                                             "cell; waiting for it")) as waited:
+        done = finished(final)
+        if done and (waited or not force):
+            return {**done, "skipped": True}
+        _clean_orphans(results_dir)
+        return _execute_claimed(cfg, results_dir, data_dir, device, base, adapter)
+
+
+def _execute_claimed(cfg, results_dir, data_dir, device, base, adapter) -> dict:
+    final = Path(results_dir) / cfg.run_id
     tmp = Path(results_dir) / f".tmp-{cfg.run_id}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -129,7 +165,7 @@ def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: P
         logp, point = scored if method.has_point_estimate else (scored, None)
         probs = predictive_probs(logp)
         labels = np.array([e.label for e in examples])
-        write_predictions(out / "predictions" / f"{t}.jsonl", examples, probs)
+        write_predictions(out / "predictions" / f"{file_stem(t)}.jsonl", examples, probs)
         metrics[t] = {"role": "id" if t == cfg.task else "ood", **compute_metrics(probs, labels),
                       "diagnostics": posterior_diagnostics(logp, None if point is None else np.exp(point))}
         rel[t] = reliability(probs, labels)

@@ -35,6 +35,18 @@ def make_sampler(name: str, seed: int, constraints=None):
     raise ConfigError(f"sampler {name!r} is not one of {', '.join(SAMPLERS)}")
 
 
+def _differences(old: dict, new: dict, prefix: str = "") -> str:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{k}.")
+            out += [inner] if inner else []
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} then, {b!r} now")
+    return "; ".join(out)
+
+
 def tune(method: str, task: str, trials: int, results: Path, *, storage: str | None = None,
          study_name: str | None = None, sampler: str = "tpe", ece_max: float | None = None,
          fixed: dict | None = None, ood: tuple[str, ...] = (), run_kw: dict | None = None,
@@ -48,11 +60,23 @@ def tune(method: str, task: str, trials: int, results: Path, *, storage: str | N
     if trials < 1:
         raise ConfigError(f"--trials {trials} must be >= 1")
     run_kw, fixed = dict(run_kw or {}), dict(fixed or {})
-    build_run_config(method, task, fixed, eval_split="validation", **run_kw)  # fail on bad input up front
+    probe = build_run_config(method, task, fixed, eval_split="validation", **run_kw)  # bad input fails up front
     constraints = (lambda t: [t.user_attrs.get("ece", 1.0) - ece_max]) if ece_max is not None else None
+    chosen = make_sampler(sampler, run_kw.get("seed", 0), constraints)  # before the storage: nothing written
+    # What every trial shares: the study refuses to be resumed with anything else (it would mix trials).
+    identity = {"method": method, "task": task, "ece_max": ece_max,
+                "fixed": {k: v for k, v in probe.settings.items() if k not in space},
+                "run": {k: v for k, v in probe.to_dict().items() if k not in ("method", "task", "settings")}}
+    identity = json.loads(json.dumps(identity, default=list))
     study = optuna.create_study(study_name=study_name or f"tune-{method}-{task}", storage=open_storage(storage, results),
-                                directions=["maximize" if m.higher_is_better else "minimize" for m in OBJECTIVES], load_if_exists=True,
-                                sampler=make_sampler(sampler, run_kw.get("seed", 0), constraints))
+                                directions=["maximize" if m.higher_is_better else "minimize" for m in OBJECTIVES],
+                                load_if_exists=True, sampler=chosen)
+    before = study.user_attrs.get("identity")
+    if before is None:
+        study.set_user_attr("identity", identity)
+    elif before != identity:
+        raise ConfigError(f"study {study.study_name} was created with other settings ({_differences(before, identity)}); "
+                          "resume it with the same ones, or name a new study with --study")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([m.name for m in OBJECTIVES])

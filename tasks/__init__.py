@@ -7,11 +7,12 @@ Files: registry.py (the task table and row converters), formats.py (every prompt
 (mirror/hub reading), custom.py (custom:<dir> with train/validation/test files, custom:<file> test-only
 sets), loading.py (splits), errors.py.
 """
+from .custom import file_stem
 from .errors import TaskError
 from .loading import check_task, load_split
 from .registry import SPLITS, list_tasks
 from .source import resolve_data_dir
 from .types import MCExample
 
-__all__ = ["MCExample", "SPLITS", "TaskError", "check_task", "list_tasks", "load_split",
+__all__ = ["file_stem", "MCExample", "SPLITS", "TaskError", "check_task", "list_tasks", "load_split",
            "resolve_data_dir"]

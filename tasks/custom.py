@@ -35,6 +35,19 @@ def is_custom(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
+def file_stem(name: str) -> str:
+    """A file-name stem for a task name, safe and distinct: built-in names as they are; `custom:<path>`
+    becomes `custom-<file name>-<8 hex of the path>`, so a path never leaves the directory it is written to
+    and two files of one name in different folders do not collide."""
+    if not is_custom(name):
+        return name
+    import hashlib
+    import re
+    raw = name[len(PREFIX):]
+    leaf = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(raw.rstrip("/")).name).strip("._")[:40] or "data"
+    return f"custom-{leaf}-{hashlib.sha256(raw.encode()).hexdigest()[:8]}"
+
+
 @dataclass(frozen=True)
 class CustomSource:
     """Where a custom task's rows live; every file it names exists (checked without reading it)."""

@@ -1,0 +1,179 @@
+"""Issue 14: nothing lost, nothing faked — cell claims, stale claims, orphans, permissions, what is recorded,
+names derived from user paths, studies resumed with other settings, reports over damaged results."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from runners.config import build_run_config
+from runners.lock import claim, lock_path
+from runners.queue import _wait_for_base, enqueue_missing, open_storage
+from runners.run import execute
+from runners.sweep import expand, load_spec
+from tests.helpers import ROOT, assert_bad_input, cli
+
+TINY = dict(model="tiny-random-llama", limit_train=8, limit_eval=6, precision="fp32")
+FAST = {"epochs": "1", "batch_size": "4"}
+
+
+def _env(data_dir):
+    return {**os.environ, "BAYESPEFT_DATA_DIR": data_dir}
+
+
+def test_two_identical_runs_at_once_compute_it_once_and_both_see_it_complete(tmp_path, data_dir):
+    results = tmp_path / "r"
+    args = [sys.executable, str(ROOT / "benchmark.py"), "run", "--method", "lora", "--task", "arc_easy",
+            "--model", "tiny-random-llama", "--precision", "fp32", "--limit-train", "8", "--limit-eval", "6",
+            "--set", "epochs=1", "--set", "batch_size=4", "--results", str(results)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(data_dir))
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = [d for d in results.iterdir() if not d.name.startswith(".")]
+    assert len(runs) == 1 and (runs[0] / "artifacts").is_dir() and list((runs[0] / "predictions").iterdir())
+    assert json.loads((runs[0] / "result.json").read_text())["status"] == "done"
+    assert sum("identical run already done" in o for o, _ in outs) == 1  # the second waited, then reused it
+    assert not list(results.glob(".lock-*")) and not list(results.glob(".tmp-*"))
+    assert not list(runs[0].glob(".*.tmp"))
+
+
+def test_a_dead_holders_lock_is_taken_over(tmp_path):
+    path = lock_path(tmp_path, "cell")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "since": 0}))
+    t0 = time.time()
+    with claim(tmp_path, "cell", poll=0.05) as waited:
+        assert not waited and json.loads(path.read_text())["pid"] == os.getpid()
+    assert time.time() - t0 < 5 and not path.exists()
+
+
+def test_a_lock_nobody_touches_goes_stale(tmp_path):
+    path = lock_path(tmp_path, "cell")
+    path.write_text(json.dumps({"host": "another-machine", "pid": 1, "since": 0}))
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    with claim(tmp_path, "cell", poll=0.05, stale_s=60):
+        assert json.loads(path.read_text())["host"] == socket.gethostname()
+
+
+def test_orphaned_temp_directory_is_removed_and_files_follow_the_umask(tmp_path, data_dir):
+    (tmp_path / ".tmp-lora-dead-run").mkdir(parents=True)
+    old = os.umask(0o022)
+    try:
+        rec = execute(build_run_config("lora", "arc_easy", FAST, **TINY), tmp_path, data_dir=data_dir, device="cpu")
+    finally:
+        os.umask(old)
+    assert not (tmp_path / ".tmp-lora-dead-run").exists()
+    mode = stat.S_IMODE((tmp_path / rec["run_id"] / "result.json").stat().st_mode)
+    assert mode == 0o644, oct(mode)
+
+
+def test_a_done_run_without_its_artifacts_is_not_done(tmp_path, data_dir):
+    cfg = build_run_config("lora", "arc_easy", FAST, **TINY)
+    first = execute(cfg, tmp_path, data_dir=data_dir, device="cpu")
+    import shutil
+    shutil.rmtree(tmp_path / cfg.run_id / "artifacts")
+    again = execute(cfg, tmp_path, data_dir=data_dir, device="cpu")
+    assert not again.get("skipped") and (tmp_path / cfg.run_id / "artifacts").is_dir()
+    assert again["metrics"]["arc_easy"]["acc"] == first["metrics"]["arc_easy"]["acc"]
+
+
+def test_quant_on_the_tiny_model_is_refused_not_recorded(tmp_path, data_dir):
+    p = cli("run", "--method", "lora", "--task", "arc_easy", "--model", "tiny-random-llama", "--quant", "4bit",
+            results=tmp_path / "r", data_dir=data_dir)
+    assert_bad_input(p, "quant", tmp_path / "r")
+
+
+def test_custom_task_names_stay_inside_the_results_and_report_works(tmp_path, data_dir):
+    d = tmp_path / "data" / "mine"
+    d.mkdir(parents=True)
+    def rows(word):
+        return "".join(json.dumps({"question": f"{word} {i}?", "choices": ["yes", "no"], "answer": i % 2}) + "\n"
+                       for i in range(6))
+    (d / "train.jsonl").write_text(rows("train"))
+    (d / "test.jsonl").write_text(rows("test"))
+    results = tmp_path / "deep" / "r"
+    rel = os.path.relpath(d, ROOT)  # a relative path with ../ in it
+    p = cli("run", "--method", "lora", "--task", f"custom:{rel}", "--model", "tiny-random-llama", "--precision",
+            "fp32", "--set", "epochs=1", "--set", "batch_size=4", results=results, data_dir=data_dir)
+    assert p.returncode == 0, p.stderr
+    written = [f for f in tmp_path.rglob("*.jsonl") if "data" not in f.parts]
+    assert written and all(results in f.parents for f in written)
+    assert all(":" not in f.name and "/" not in f.stem for f in written)
+    p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "report", "--results", str(results),
+                        "--bootstrap", "5"], capture_output=True, text=True, env=_env(data_dir), timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert all(results / "report" in Path(line).parents for line in p.stdout.split())
+
+
+def test_report_skips_damaged_runs_and_names_them(tmp_path, data_dir):
+    cfg = build_run_config("lora", "arc_easy", FAST, **TINY)
+    execute(cfg, tmp_path, data_dir=data_dir, device="cpu")
+    for name, content in (("bad-list", "[1, 2]"), ("bad-bytes", b"\x89\xff\x00garbage"), ("bad-trunc", '{"status": "do')):
+        (tmp_path / name).mkdir()
+        f = tmp_path / name / "result.json"
+        f.write_bytes(content) if isinstance(content, bytes) else f.write_text(content)
+    nopred = tmp_path / "lora-no-predictions"
+    import shutil
+    shutil.copytree(tmp_path / cfg.run_id, nopred)
+    shutil.rmtree(nopred / "predictions")
+    p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "report", "--results", str(tmp_path),
+                        "--bootstrap", "5"], capture_output=True, text=True, env=_env(data_dir), timeout=300)
+    assert p.returncode == 0, p.stderr
+    for name in ("bad-list", "bad-bytes", "bad-trunc", "lora-no-predictions"):
+        assert f"skipped {tmp_path / name}" in p.stderr
+    assert (tmp_path / "report" / "leaderboard_id.md").is_file()
+
+
+def test_tune_refuses_to_resume_a_study_with_other_settings(tmp_path, data_dir):
+    base = ["tune", "--method", "lora", "--task", "arc_easy", "--model", "tiny-random-llama", "--precision", "fp32",
+            "--limit-eval", "6", "--set", "epochs=1"]
+    p = cli(*base, "--trials", "1", "--limit-train", "8", results=tmp_path, data_dir=data_dir)
+    assert p.returncode == 0, p.stderr
+    before = sorted(x.name for x in tmp_path.iterdir())
+    p = cli(*base, "--trials", "2", "--limit-train", "16", results=tmp_path, data_dir=data_dir)
+    assert p.returncode == 2 and "limit_train" in p.stderr and "8" in p.stderr and "16" in p.stderr, p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["tune", "--method", "lora", "--task", "arc_easy", "--trials", "1", "--sampler", "cmaes"], "sampler"),
+    (["tune", "--method", "lora", "--task", "arc_easy", "--trials", "1", "--storage", "bogus://x"], "storage"),
+])
+def test_bad_tune_input_writes_nothing(args, needle, tmp_path, data_dir):
+    p = cli(*args, "--model", "tiny-random-llama", results=tmp_path / "r", data_dir=data_dir)
+    assert_bad_input(p, needle, tmp_path / "r")
+
+
+def test_a_cell_waiting_on_a_dead_workers_base_takes_it_over(tmp_path, data_dir):
+    results = tmp_path / "r"
+    plan = expand(load_spec("tiny"))
+    storage = open_storage(None, results)
+    enqueue_missing(storage, "sweep-tiny", plan.cells, results)
+    study = optuna.load_study(study_name="sweep-tiny", storage=storage)
+    base_id = next(c.run_id for c in plan.cells if not c.depends_on and c.cfg.method == "lora")
+    base = next(t for t in study.get_trials(states=(TrialState.WAITING,)) if t.user_attrs["run_id"] == base_id)
+    assert storage.set_trial_state_values(base._trial_id, TrialState.RUNNING)  # claimed, then its worker died
+    storage.set_trial_user_attr(base._trial_id, "heartbeat", time.time() - 3600)
+    ran = []
+    t0 = time.time()
+    ok = _wait_for_base(storage, study, base_id, results, 0.05, lambda t: ran.append(t.user_attrs["run_id"]) or
+                        execute(build_run_config(**_cfg_kwargs(t)), results, data_dir=data_dir, device="cpu"),
+                        grace=0.5)
+    assert ok and ran == [base_id] and time.time() - t0 < 120
+
+
+def _cfg_kwargs(trial) -> dict:
+    c = json.loads(trial.user_attrs["config"])
+    return dict(method=c["method"], task=c["task"], overrides=c["settings"],
+                **{k: c[k] for k in ("model", "seed", "limit_train", "limit_eval", "precision")}, ood=tuple(c["ood"]))
