@@ -14,7 +14,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _csv(s: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
+    items = tuple(x.strip() for x in s.split(","))
+    if any(not x for x in items):
+        raise argparse.ArgumentTypeError(f"{s!r} has an empty item; write comma-separated names such as a,b")
+    return items
+
+
+def _seeds(s: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(x) for x in _csv(s))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: seeds are comma-separated non-negative integers, e.g. 0,1,2") from None
+    if any(x < 0 for x in seeds):
+        raise argparse.ArgumentTypeError(f"{s!r}: seeds must be >= 0")
+    return seeds
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but its errors keep the suite's promise: one line `error: ...` and exit code 2."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -46,6 +67,8 @@ def cmd_run(a) -> int:
     from runners.config import build_run_config
     from runners.run import execute
 
+    from runners.results import check_results_dir
+    check_results_dir(Path(a.results))
     cfg = build_run_config(a.method, a.task, parse_set_args(a.set), model=a.model, seed=a.seed, ood=a.ood,
                            scoring=a.scoring, normalization=a.normalization, limit_train=a.limit_train,
                            limit_eval=a.limit_eval, n_samples=a.n_samples, precision=a.precision, quant=a.quant,
@@ -70,7 +93,7 @@ def spec_from_args(a) -> dict:
     from methods.base import ConfigError
     if not (a.methods and a.tasks):
         raise ConfigError("give a sweep file or preset, or at least --methods and --tasks")
-    spec = {"name": a.name, "methods": list(a.methods), "seeds": [int(s) for s in a.seeds],
+    spec = {"name": a.name, "methods": list(a.methods), "seeds": list(a.seeds),
             "tasks": [{"task": t, "ood": list(a.ood)} for t in a.tasks]}
     for key in ("model", "scoring", "limit_train", "limit_eval"):
         if getattr(a, key) is not None:
@@ -81,12 +104,20 @@ def spec_from_args(a) -> dict:
 def cmd_sweep(a) -> int:
     import subprocess
 
+    from methods.base import ConfigError
     from runners.queue import enqueue_missing, open_storage
+    from runners.results import check_results_dir
     from runners.run import execute, preflight
     from runners.sweep import describe, expand, load_spec
     from tasks import resolve_data_dir
 
+    if a.workers < 0:
+        raise ConfigError(f"--workers {a.workers} must be >= 0 (0: only enqueue, for workers started elsewhere)")
+    if a.workers == 0 and a.storage is None:
+        raise ConfigError("--workers 0 only enqueues the cells for workers started elsewhere: give --storage "
+                          "(the journal file or RDB URL those workers read)")
     results = Path(a.results)
+    check_results_dir(results)
     plan = expand(load_spec(a.spec) if a.spec else spec_from_args(a))
     data_dir = resolve_data_dir(a.data_dir)
     for c in plan.cells:  # every cell passes the same up-front checks as `run` before anything runs
@@ -108,6 +139,10 @@ def cmd_sweep(a) -> int:
     study = f"sweep-{plan.name}"
     n = enqueue_missing(open_storage(a.storage, results), study, plan.cells, results)
     print(f"enqueued {n} cells in study {study!r} ({a.storage or results / '.sweeps.journal'})")
+    if a.workers == 0:
+        print(f"start workers with: python benchmark.py worker --study {study} --storage {a.storage} "
+              f"--results {results}")
+        return 0
     cmd = [sys.executable, str(ROOT / "benchmark.py"), "worker", "--study", study, "--results", str(results),
            "--device", a.device] + (["--storage", a.storage] if a.storage else []) + \
           (["--data-dir", data_dir] if data_dir else [])
@@ -126,7 +161,8 @@ def cmd_sweep(a) -> int:
 def cmd_worker(a) -> int:
     import socket
 
-    from runners.queue import work
+    from runners.queue import require_study, work
+    require_study(a.storage, a.study, Path(a.results))
     did = work(a.storage, a.study, Path(a.results), a.data_dir, a.device,
                worker=a.name or f"{socket.gethostname()}-{os.getpid()}", log=lambda m: print(m, flush=True))
     print(f"worker done: {did}")
@@ -135,7 +171,9 @@ def cmd_worker(a) -> int:
 
 def cmd_tune(a) -> int:
     from methods.settings import parse_set_args
+    from runners.results import check_results_dir
     from runners.tune import tune
+    check_results_dir(Path(a.results))
 
     run_kw = dict(model=a.model, seed=a.seed, scoring=a.scoring, normalization=a.normalization,
                   limit_train=a.limit_train, limit_eval=a.limit_eval, n_samples=a.n_samples, precision=a.precision,
@@ -148,7 +186,10 @@ def cmd_tune(a) -> int:
 
 
 def cmd_report(a) -> int:
+    from methods.base import ConfigError
     from runners.report import report
+    if a.bootstrap < 0:
+        raise ConfigError(f"--bootstrap {a.bootstrap} must be >= 0 (0: no intervals)")
     out = Path(a.out) if a.out else Path(a.results) / "report"
     for p in report(Path(a.results), out, n_boot=a.bootstrap, storage=a.storage):
         print(p)
@@ -177,7 +218,7 @@ def cmd_list(a) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="benchmark.py", description="Bayesian parameter-efficient fine-tuning benchmark")
+    ap = Parser(prog="benchmark.py", description="Bayesian parameter-efficient fine-tuning benchmark")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_run_args(sub.add_parser("run", help="run one benchmark cell (method x task x seed)"))
     tp = sub.add_parser("tune", help="multi-objective search (ACC, ECE, NLL on validation) with Optuna")
@@ -192,7 +233,7 @@ def main(argv=None) -> int:
     sp.add_argument("--methods", type=_csv, default=(), help="instead of a file: comma-separated methods")
     sp.add_argument("--tasks", type=_csv, default=(), help="instead of a file: comma-separated training tasks")
     sp.add_argument("--ood", type=_csv, default=(), help="instead of a file: OOD sets for every task")
-    sp.add_argument("--seeds", type=_csv, default=("0",), help="instead of a file: comma-separated seeds")
+    sp.add_argument("--seeds", type=_seeds, default=(0,), help="instead of a file: comma-separated seeds (default 0)")
     sp.add_argument("--model", default=None)
     sp.add_argument("--scoring", default=None)
     sp.add_argument("--limit-train", type=int, default=None)
@@ -228,6 +269,9 @@ def main(argv=None) -> int:
     except (ConfigError, TaskError, BackboneError, FileNotFoundError) as e:  # bad input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what finished is kept; a run cut short was recorded as failed and is retried
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -108,8 +108,9 @@ def load_backbone(cfg: BackboneConfig, seed: int = 0) -> Backbone:
         try:
             tokenizer = AutoTokenizer.from_pretrained(src)
             model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-        except OSError as e:
-            raise BackboneError(f"cannot load model {cfg.name!r} from {src}: {str(e).splitlines()[0]}") from e
+        except (OSError, ValueError, KeyError) as e:  # an empty or foreign directory, a broken config
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
+            raise BackboneError(f"cannot load model {cfg.name!r} from {src}: {first}") from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

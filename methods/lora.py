@@ -26,6 +26,8 @@ class LoRAConfig(TrainConfig):
         super().validate()
         if self.r <= 0:
             raise ConfigError(f"r={self.r} must be >= 1 (the LoRA rank, e.g. 8)")
+        if not self.alpha > 0:
+            raise ConfigError(f"alpha={self.alpha} must be > 0 (the LoRA scale is alpha / r, e.g. 16)")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
         if not self.target_modules:
@@ -45,6 +47,8 @@ class LoRA(Method):
 
     def _wrap(self):
         from peft import get_peft_model
+        from methods.shared.adapter import check_rank
+        check_rank(self.backbone.model, self.config.target_modules, self.config.r)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)  # LoRA's A init draws from the global RNG

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 
 from methods.base import ConfigError, MethodConfig
@@ -42,6 +43,10 @@ def make_config(cls: type[MethodConfig], overrides: dict | None = None) -> Metho
             raise ConfigError(f"unknown setting {key!r} for this method.{hint} Settings: {', '.join(names)}")
         values[key] = _coerce(key, raw, hints[key])
     cfg = cls(**values)
+    for f in dataclasses.fields(cfg):  # NaN and inf pass every `x <= 0` check: refuse them for all settings
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"setting {f.name}={v} must be a finite number")
     cfg.validate()
     return cfg
 

@@ -70,10 +70,15 @@ def build_run_config(method: str, task: str, overrides: dict | None = None, **kw
         raise ConfigError(f"scoring {cfg.scoring!r} is not one of {', '.join(SCORING_MODES)}")
     if cfg.normalization not in NORMALIZATIONS:
         raise ConfigError(f"normalization {cfg.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
-    for name in ("limit_train", "limit_eval", "n_samples"):
+    for name, flag, unset in (("limit_train", "--limit-train", "no limit"), ("limit_eval", "--limit-eval", "no limit"),
+                              ("n_samples", "--samples", "the method's default")):
         v = getattr(cfg, name)
         if v is not None and v < 1:
-            raise ConfigError(f"{name.replace('_', '-')}={v} must be >= 1 (or left out for no limit)")
+            raise ConfigError(f"{flag} {v} must be >= 1 (or left out for {unset})")
+    if cfg.seed < 0:
+        raise ConfigError(f"--seed {cfg.seed} must be >= 0")
+    if any(not t for t in cfg.ood):
+        raise ConfigError(f"--ood {','.join(cfg.ood)!r} names an empty task; give comma-separated task names")
     if cfg.eval_batch_size < 1:
         raise ConfigError(f"eval-batch-size={cfg.eval_batch_size} must be >= 1")
     if not 0 < cfg.val_fraction < 1:

@@ -46,6 +46,16 @@ def open_storage(url: str | None, results: Path):
                           "such as postgresql+psycopg2://user@host/db or sqlite:///path.db") from None
 
 
+def require_study(url: str | None, name: str, results: Path) -> None:
+    """A worker joins an existing study only: an unknown name (or no storage yet) is bad input."""
+    if url is None and not (Path(results) / ".sweeps.journal").exists():
+        raise ConfigError(f"no sweep storage at {Path(results) / '.sweeps.journal'}; start the sweep first "
+                          "(`benchmark.py sweep ... --workers 0 --storage URL`) or give --storage")
+    names = optuna.get_all_study_names(open_storage(url, results))
+    if name not in names:
+        raise ConfigError(f"study {name!r} is not in the storage (studies: {', '.join(sorted(names)) or 'none'})")
+
+
 def load_studies(url: str | None, results: Path, prefix: str = "") -> list[optuna.Study]:
     """Every study in the storage whose name starts with `prefix`; none when the default journal does not
     exist yet (reading must not create it)."""

@@ -100,3 +100,22 @@ def environment(device: torch.device) -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
             "git_commit": git_commit(), "device": str(device), "torch_threads": torch.get_num_threads(),
             "cuda_device": torch.cuda.get_device_name() if device.type == "cuda" else None}
+
+
+def check_results_dir(path: Path) -> None:
+    """Fail early, in one line and writing nothing, when results cannot be written under `path`."""
+    from methods.base import ConfigError
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--results {p} is a file, not a directory; give a directory")
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"--results {p}: {probe} is a file, not a directory")
+    try:  # os.access is no test as root: try to write (and remove) a file
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--results {p}: cannot write in {probe} ({e.strerror}); choose a writable directory") \
+            from None

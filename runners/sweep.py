@@ -99,7 +99,10 @@ def expand(spec: dict) -> Plan:
         raise ConfigError(f"unknown sweep keys: {', '.join(sorted(unknown))}")
     run_kw = {k: spec[k] for k in RUN_KEYS if k in spec}
     seeds = spec.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                           for s in seeds):
+        raise ConfigError(f"seeds: {seeds!r} must be a non-empty list of non-negative integers, e.g. [0, 1, 2]")
     base_settings = dict(spec.get("base_settings") or {})
     plan, seen = Plan(spec["name"]), set()
 

@@ -61,6 +61,8 @@ def tune(method: str, task: str, trials: int, results: Path, *, storage: str | N
         raise ConfigError(f"--trials {trials} must be >= 1")
     run_kw, fixed = dict(run_kw or {}), dict(fixed or {})
     probe = build_run_config(method, task, fixed, eval_split="validation", **run_kw)  # bad input fails up front
+    if ece_max is not None and not 0 < ece_max <= 1:
+        raise ConfigError(f"--ece-max {ece_max} must be in (0, 1]: ECE is a fraction")
     constraints = (lambda t: [t.user_attrs.get("ece", 1.0) - ece_max]) if ece_max is not None else None
     chosen = make_sampler(sampler, run_kw.get("seed", 0), constraints)  # before the storage: nothing written
     # What every trial shares: the study refuses to be resumed with anything else (it would mix trials).

@@ -154,6 +154,8 @@ def _problem(row: dict) -> str | None:
         return f"question must be a non-empty string, got {question!r}"
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
         return f"choices must be a list of strings, got {choices!r}"
+    if any(not c.strip() for c in choices):
+        return f"choices must be non-empty strings, got {choices!r}"
     if not 2 <= len(choices) <= len(formats.LETTERS):
         return f"choices must have 2 to {len(formats.LETTERS)} entries, got {len(choices)}"
     # bool is an int subclass in Python, but `true` as an answer is surely a mistake.

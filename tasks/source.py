@@ -57,13 +57,34 @@ def read_rows(task: str, root: str | None, hub_id: str, config: str, hub_split: 
     return rows, lambda i: f"{path}:{line_numbers[i]}"
 
 
+MAX_LINE_CHARS = 100_000  # one question with its choices; longer lines would stall training on any machine
+
+
+def _lines(f, path: Path, task: str):
+    try:
+        yield from enumerate(f, start=1)
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{task}: {path} is not UTF-8 text (byte {e.start} of a line: {e.reason}); "
+                        "save it as UTF-8 JSON lines") from None
+
+
 def read_jsonl(path: Path, task: str) -> tuple[list[dict], list[int]]:
     """Objects of a JSON-lines file and their 1-based line numbers; blank lines are skipped."""
     rows, line_numbers = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    path = Path(path)
+    if path.is_dir():
+        raise TaskError(f"{task}: {path} is a directory where a JSON-lines file was expected")
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise TaskError(f"{task}: cannot read {path} ({e.strerror}); check the path and its permissions") from None
+    with f:
+        for n, line in _lines(f, path, task):
             if not line.strip():
                 continue
+            if len(line) > MAX_LINE_CHARS:
+                raise TaskError(f"{task}: {path}:{n}: the line has {len(line):,} characters (limit "
+                                f"{MAX_LINE_CHARS:,}); a multiple-choice question that long is surely a mistake")
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:

@@ -177,3 +177,114 @@ def _cfg_kwargs(trial) -> dict:
     c = json.loads(trial.user_attrs["config"])
     return dict(method=c["method"], task=c["task"], overrides=c["settings"],
                 **{k: c[k] for k in ("model", "seed", "limit_train", "limit_eval", "precision")}, ood=tuple(c["ood"]))
+
+
+# ---- the bad-input table: every case exits 2 with one `error:` line naming the problem, nothing written -----
+RUN = ["run", "--method", "lora", "--task", "arc_easy", "--model", "tiny-random-llama", "--precision", "fp32",
+       "--limit-train", "4", "--limit-eval", "4", "--set", "epochs=1"]
+
+
+def _custom_dir(tmp, train_text=None, name="c"):
+    d = tmp / name
+    d.mkdir(exist_ok=True)
+    ok = json.dumps({"question": "q?", "choices": ["a", "b"], "answer": 0}) + "\n"
+    (d / "train.jsonl").write_bytes(train_text if isinstance(train_text, bytes) else (train_text or ok).encode())
+    (d / "test.jsonl").write_text(json.dumps({"question": "t?", "choices": ["a", "b"], "answer": 1}) + "\n")
+    return f"custom:{d}"
+
+
+def _custom_task(tmp, train_text):
+    return ["run", "--method", "lora", "--task", _custom_dir(tmp, train_text), "--model", "tiny-random-llama",
+            "--set", "epochs=1"]
+
+
+def _damaged_adapter(tmp, lora_adapter, what):
+    import shutil
+    bad = tmp / f"adapter-{what}"
+    shutil.copytree(lora_adapter, bad)
+    weights = bad / "adapter_model.safetensors"
+    if what == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif what == "random":
+        weights.write_bytes(os.urandom(4096))
+    else:
+        (bad / "adapter_config.json").write_text("{not json")
+    return ["run", "--method", "temperature", "--task", "arc_easy", "--model", "tiny-random-llama", "--adapter",
+            str(bad), "--limit-train", "4", "--limit-eval", "4"]
+
+
+def _sweep_file(tmp, seeds):
+    import yaml
+    spec = {**load_spec("tiny"), "seeds": seeds}
+    f = tmp / "s.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    return ["sweep", str(f)]
+
+
+BAD_TABLE = {
+    "lr nan": (lambda t, a: RUN + ["--set", "lr=nan"], "finite"),
+    "lr inf": (lambda t, a: RUN + ["--set", "lr=inf"], "finite"),
+    "weight_decay nan": (lambda t, a: RUN + ["--set", "weight_decay=nan"], "finite"),
+    "r absurd": (lambda t, a: RUN + ["--set", "r=100000000"], "exceeds"),
+    "seed -1": (lambda t, a: RUN + ["--seed", "-1"], "--seed"),
+    "max_steps -1": (lambda t, a: RUN + ["--set", "max_steps=-1"], "max_steps"),
+    "alpha -16": (lambda t, a: RUN + ["--set", "alpha=-16"], "alpha"),
+    "ood empty item": (lambda t, a: RUN + ["--ood", ","], "empty item"),
+    "samples 0": (lambda t, a: RUN + ["--samples", "0"], "--samples 0"),
+    "quant on tiny": (lambda t, a: RUN + ["--quant", "8bit"], "quant"),
+    "empty choice": (lambda t, a: _custom_task(t, json.dumps({"question": "q", "choices": ["", "b"], "answer": 0})),
+                     "non-empty"),
+    "non-utf8 custom": (lambda t, a: _custom_task(t, b'{"question": "\xff\xfe"}\n'), "utf-8"),
+    "huge line": (lambda t, a: _custom_task(t, json.dumps({"question": "x" * 200_000, "choices": ["a", "b"],
+                                                           "answer": 0})), "characters"),
+    "directory as file": (lambda t, a: ["run", "--method", "lora", "--task", "arc_easy", "--ood",
+                                        f"custom:{t}", "--model", "tiny-random-llama"], "test.jsonl"),
+    "truncated weights": (lambda t, a: _damaged_adapter(t, a, "truncated"), "damaged"),
+    "random weights": (lambda t, a: _damaged_adapter(t, a, "random"), "damaged"),
+    "bad adapter_config": (lambda t, a: _damaged_adapter(t, a, "config"), "not valid json"),
+    "empty model dir": (lambda t, a: ["run", "--method", "lora", "--task", "arc_easy", "--model",
+                                      str((t / "empty").mkdir() or t / "empty")], "cannot load model"),
+    "results is a file": (lambda t, a: RUN + ["--results", str((t / "f").write_text("x") and t / "f")], "is a file"),
+    "sweep seeds string": (lambda t, a: _sweep_file(t, "0,1"), "seeds"),
+    "sweep seeds empty": (lambda t, a: _sweep_file(t, []), "seeds"),
+    "sweep --seeds 0,x": (lambda t, a: ["sweep", "--methods", "lora", "--tasks", "arc_easy", "--seeds", "0,x"], "seeds"),
+    "sweep --workers -1": (lambda t, a: ["sweep", "tiny", "--workers", "-1"], "--workers"),
+    "sweep --workers 0 without storage": (lambda t, a: ["sweep", "tiny", "--workers", "0"], "--storage"),
+    "worker of no study": (lambda t, a: ["worker", "--study", "sweep-nope"], "storage"),
+    "tune --ece-max -0.5": (lambda t, a: ["tune", "--method", "lora", "--task", "arc_easy", "--trials", "1",
+                                          "--model", "tiny-random-llama", "--ece-max", "-0.5"], "ece-max"),
+    "report --bootstrap -5": (lambda t, a: ["report", "--bootstrap", "-5"], "bootstrap"),
+}
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tmp_path_factory, data_dir):
+    from tests.helpers import build
+    d = tmp_path_factory.mktemp("lora-adapter")
+    build("lora", data_dir, d).save(d / "adapter")
+    return d / "adapter"
+
+
+@pytest.mark.parametrize("case", list(BAD_TABLE))
+def test_bad_input_table(case, tmp_path, data_dir, lora_adapter):
+    make, needle = BAD_TABLE[case]
+    args = make(tmp_path, lora_adapter)
+    results = tmp_path / "results"
+    if "--results" in args:  # the case is about the results path itself
+        i = args.index("--results")
+        results, args = Path(args[i + 1]), args[:i] + args[i + 2:]
+        p = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), *args, "--results", str(results)],
+                           capture_output=True, text=True, env=_env(data_dir), timeout=300)
+        assert p.returncode == 2 and needle in p.stderr and results.read_text() == "x", p.stderr
+        return
+    assert_bad_input(cli(*args, results=results, data_dir=data_dir), needle, results)
+
+
+def test_ctrl_c_prints_one_line(tmp_path, data_dir):
+    import signal
+    args = [sys.executable, str(ROOT / "benchmark.py"), *RUN[:-2], "--set", "epochs=50", "--results", str(tmp_path)]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(data_dir))
+    time.sleep(12)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err and err.strip().endswith("interrupted"), err

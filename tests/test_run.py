@@ -73,7 +73,7 @@ BAD = [
     (["--method", "lora", "--task", "arc_easy", "--set", "r=0"], "r=0"),
     (["--method", "lora", "--task", "arc_easy", "--set", "lr=-1"], "lr=-1"),
     (["--method", "lora", "--task", "arc_easy", "--set", "weight_decy=0.1"], "did you mean 'weight_decay'"),
-    (["--method", "lora", "--task", "arc_easy", "--limit-train", "0"], "limit-train=0"),
+    (["--method", "lora", "--task", "arc_easy", "--limit-train", "0"], "--limit-train 0"),
     (["--method", "lora", "--task", "boolq"], "no train split"),
     (["--method", "lora", "--task", "winogrande_m"], "winogrande_m"),
     (["--method", "lora", "--task", "mmlu_chem"], "evaluation-only"),

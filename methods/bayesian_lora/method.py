@@ -119,6 +119,8 @@ class BayesianLoRA(Method):
     # ---- building the model -----------------------------------------------------------------------------------
     def _wrap(self) -> None:
         from peft import get_peft_model
+        from methods.shared.adapter import check_rank
+        check_rank(self.backbone.model, self.config.target_modules, self.config.r)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # LoRA's init and the factors' Z, M draw from the global RNG
             try:

@@ -32,6 +32,8 @@ class TrainConfig(MethodConfig):
             raise ConfigError(f"weight_decay={self.weight_decay} must be >= 0")
         if self.epochs < 1 and self.max_steps < 1:
             raise ConfigError("epochs must be >= 1 (or set max_steps >= 1)")
+        if self.max_steps < 0:
+            raise ConfigError(f"max_steps={self.max_steps} must be >= 0 (0: use epochs)")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
