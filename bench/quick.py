@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from bench.common import Context, add_target, report
-from runners.collect import load_results
 from runners.results import read_result
 from runners.sweep import expand, load_spec
 
@@ -30,8 +29,9 @@ def _phases(rec: dict) -> dict:
 def find_cells(results: Path, spec: str) -> tuple[list[tuple[object, dict | None, str]], str]:
     """[(cell, its result record or None, how it was found)], and the plan name."""
     plan = expand(load_spec(spec))
-    df = load_results(results)
-    done = [read_result(Path(d)) for d in (sorted(set(df["run_dir"])) if len(df) else [])]
+    # every finished record (timings are all this needs; predictions may have been pruned)
+    done = [r for r in (read_result(d) for d in sorted(Path(results).iterdir()) if d.is_dir())
+            if isinstance(r, dict) and r.get("status") == "done" and isinstance(r.get("config"), dict)]
     out = []
     for cell in plan.cells:
         rec = read_result(results / cell.run_id)

@@ -40,10 +40,12 @@ def _umask() -> int:
 
 
 def read_result(run_dir: Path) -> dict | None:
+    """The run's record, or None when it is absent or not a readable record (such a run is rerun)."""
     try:
-        return json.loads((run_dir / "result.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        rec = json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return rec if isinstance(rec, dict) else None
 
 
 def peak_rss_mb() -> float:
