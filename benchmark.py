@@ -12,6 +12,16 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _quiet() -> None:
+    """Messages that appear on every run and matter to nobody here: bitsandbytes' note that an optional CPU
+    4-bit kernel package is absent (only 4-bit matmuls would use it), and a transformers deprecation
+    warning raised from inside peft."""
+    import logging
+    import warnings
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 
 def _csv(s: str) -> tuple[str, ...]:
     items = tuple(x.strip() for x in s.split(","))
@@ -30,8 +40,20 @@ def _seeds(s: str) -> tuple[int, ...]:
     return seeds
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if "default" in text or action.default in (None, argparse.SUPPRESS) and action.required \
+            else super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but its errors keep the suite's promise: one line `error: ...` and exit code 2."""
+    """argparse, but its errors keep the suite's promise: one line `error: ...` and exit code 2; and every
+    option's help shows its default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -42,7 +64,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="a registered method (`list methods`)")
     p.add_argument("--task", required=True, help="training / in-distribution task (`list tasks`)")
     p.add_argument("--model", default="smollm2-135m", help="preset, hub id or local directory (`list models`)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="run seed (LoRA init, data order, posterior samples)")
     p.add_argument("--ood", type=_csv, default=(), help="comma-separated OOD evaluation tasks")
     p.add_argument("--scoring", default="loglik", help="loglik (default, small models) | label (papers' prompt)")
     p.add_argument("--normalization", default="token", help="loglik length normalisation: token | char | none")
@@ -51,7 +73,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None, dest="n_samples", help="posterior samples at test time")
     p.add_argument("--precision", default="bf16", help="bf16 (autocast, default) | fp32")
     p.add_argument("--quant", default="none", help="none | 4bit | 8bit (bitsandbytes base weights)")
-    p.add_argument("--eval-batch-size", type=int, default=8)
+    p.add_argument("--eval-batch-size", type=int, default=8, help="questions per evaluation batch (no effect on results)")
     p.add_argument("--adapter", default=None, help="post-hoc methods: an existing PEFT adapter directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting (repeatable)")
     p.add_argument("--base-set", action="append", default=[], metavar="KEY=VALUE",
@@ -93,9 +115,22 @@ def spec_from_args(a) -> dict:
     from methods.base import ConfigError
     if not (a.methods and a.tasks):
         raise ConfigError("give a sweep file or preset, or at least --methods and --tasks")
-    spec = {"name": a.name, "methods": list(a.methods), "seeds": list(a.seeds),
+    from methods.registry import get_method
+    from methods.settings import parse_set_args
+    sets, base = parse_set_args(a.set), parse_set_args(a.base_set)
+    methods = []
+    for m in a.methods:  # --set applies to every listed method that has the setting
+        own = {k: v for k, v in sets.items() if k in get_method(m).Config.__dataclass_fields__}
+        methods.append({m: own} if own else m)
+    unused = set(sets) - {k for m in a.methods for k in get_method(m).Config.__dataclass_fields__}
+    if unused:
+        raise ConfigError(f"--set {', '.join(sorted(unused))}: no listed method has such a setting "
+                          f"(`python benchmark.py list methods NAME` shows a method's settings)")
+    spec = {"name": a.name, "methods": methods, "seeds": list(a.seeds),
             "tasks": [{"task": t, "ood": list(a.ood)} for t in a.tasks]}
-    for key in ("model", "scoring", "limit_train", "limit_eval"):
+    if base:
+        spec["base_settings"] = base
+    for key in ("model", "scoring", "limit_train", "limit_eval", "precision"):
         if getattr(a, key) is not None:
             spec[key] = getattr(a, key)
     return spec
@@ -202,6 +237,23 @@ def cmd_bench(a) -> int:
 
 
 def cmd_list(a) -> int:
+    if a.what == "methods" and a.name:
+        from methods.registry import get_method
+        from methods.settings import settings_table
+        cls = get_method(a.name)
+        print(f"{a.name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        import dataclasses
+        fields = dataclasses.fields(cls.Config)
+        kind = (f"post-hoc, starts from a {cls.base_method} fit" if cls.posthoc else
+                "nothing fitted" if not fields else
+                "trained" + (f", member 0 is a {cls.base_method} fit" if cls.base_method else ""))
+        print(f"kind: {kind}; samples per evaluation: {cls.samples_for(cls.Config())} by default")
+        if fields:
+            print("settings (--set key=value): name, type, default, help")
+            print(settings_table(cls.Config))
+        else:
+            print("settings: none")
+        return 0
     if a.what == "methods":
         from methods.registry import list_methods
         rows = list_methods()
@@ -223,34 +275,40 @@ def main(argv=None) -> int:
     add_run_args(sub.add_parser("run", help="run one benchmark cell (method x task x seed)"))
     tp = sub.add_parser("tune", help="multi-objective search (ACC, ECE, NLL on validation) with Optuna")
     add_run_args(tp)
-    tp.add_argument("--trials", type=int, required=True)
+    tp.add_argument("--trials", type=int, required=True, help="the study's total number of trials (rerunning resumes it)")
     tp.add_argument("--storage", default=None, help="Optuna storage: a .journal file or an RDB URL (default: <results>/.sweeps.journal)")
     tp.add_argument("--study", default=None, help="study name (default tune-<method>-<task>)")
     tp.add_argument("--sampler", default="tpe", help="tpe (multivariate, default) | nsga2 | gp")
     tp.add_argument("--ece-max", type=float, default=None, help="constraint: only trials with validation ECE <= this are feasible")
-    sp = sub.add_parser("sweep", help="run a grid of cells from a YAML file or preset (quick, commonsense, paper)")
+    sp = sub.add_parser("sweep", help="run a grid of cells from a YAML file or preset (quick, commonsense, paper, tiny)")
     sp.add_argument("spec", nargs="?", default=None, help="a sweep YAML file or a preset name (or use the lists below)")
     sp.add_argument("--methods", type=_csv, default=(), help="instead of a file: comma-separated methods")
     sp.add_argument("--tasks", type=_csv, default=(), help="instead of a file: comma-separated training tasks")
     sp.add_argument("--ood", type=_csv, default=(), help="instead of a file: OOD sets for every task")
     sp.add_argument("--seeds", type=_seeds, default=(0,), help="instead of a file: comma-separated seeds (default 0)")
-    sp.add_argument("--model", default=None)
-    sp.add_argument("--scoring", default=None)
-    sp.add_argument("--limit-train", type=int, default=None)
-    sp.add_argument("--limit-eval", type=int, default=None)
+    sp.add_argument("--model", default=None, help="instead of a file: the model (default: smollm2-135m)")
+    sp.add_argument("--scoring", default=None, help="instead of a file: loglik | label (default: loglik)")
+    sp.add_argument("--limit-train", type=int, default=None, help="instead of a file: first N training questions")
+    sp.add_argument("--limit-eval", type=int, default=None, help="instead of a file: first N test questions per set")
+    sp.add_argument("--precision", default=None, help="instead of a file: bf16 | fp32 (default: bf16)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="instead of a file: a setting of every listed method that has it (repeatable)")
+    sp.add_argument("--base-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="instead of a file: a setting of the lora base adapter of post-hoc methods (repeatable)")
     sp.add_argument("--name", default="cli", help="sweep name (the shared study is sweep-<name>)")
     sp.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     sp.add_argument("--workers", type=int, default=1, help="local worker processes (shared through --storage)")
     sp.add_argument("--storage", default=None, help="Optuna storage: a .journal file (one machine) or an RDB URL")
     for p in (sp, wp := sub.add_parser("worker", help="claim and run cells of a shared sweep until none is left")):
-        p.add_argument("--results", default=str(ROOT / "results"))
-        p.add_argument("--data-dir", default=None)
-        p.add_argument("--device", default="auto")
-    wp.add_argument("--study", required=True)
-    wp.add_argument("--storage", default=None)
-    wp.add_argument("--name", default=None)
+        p.add_argument("--results", default=str(ROOT / "results"), help="results directory")
+        p.add_argument("--data-dir", default=None, help="local dataset mirror (else $BAYESPEFT_DATA_DIR, else the hub)")
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    wp.add_argument("--study", required=True, help="the sweep's study, sweep-<name> (printed by `sweep`)")
+    wp.add_argument("--storage", default=None, help="the sweep's storage: .journal file or RDB URL "
+                                                    "(default: <results>/.sweeps.journal)")
+    wp.add_argument("--name", default=None, help="this worker's name in the storage (default: host-pid)")
     rp = sub.add_parser("report", help="leaderboard and cost tables (md, csv, tex) and figures (png, pdf)")
-    rp.add_argument("--results", default=str(ROOT / "results"))
+    rp.add_argument("--results", default=str(ROOT / "results"), help="results directory to report on")
     rp.add_argument("--out", default=None, help="output directory (default: <results>/report)")
     rp.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
     rp.add_argument("--storage", default=None,
@@ -258,8 +316,10 @@ def main(argv=None) -> int:
     from bench.cli import add_bench_args
     add_bench_args(sub.add_parser("bench", help="performance comparisons against plain loops and laplace-torch"))
     lp = sub.add_parser("list", help="list methods, tasks or models")
-    lp.add_argument("what", choices=["methods", "tasks", "models"])
+    lp.add_argument("what", choices=["methods", "tasks", "models"], help="what to list")
+    lp.add_argument("name", nargs="?", default=None, help="with `methods`: one method's settings, types, defaults, help")
     a = ap.parse_args(argv)
+    _quiet()
     from backbones import BackboneError
     from methods.base import ConfigError
     from tasks import TaskError

@@ -16,10 +16,10 @@ from methods.shared.training import TrainConfig, train_classifier
 
 @dataclass
 class LoRAConfig(TrainConfig):
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    r: int = 8                      # LoRA rank
+    alpha: float = 16.0             # LoRA scale alpha / r
+    dropout: float = 0.0            # lora_dropout on the LoRA path's input
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # adapted Linear modules (comma list)
     search_space: ClassVar[dict] = {**TrainConfig.search_space, "r": ("categorical", [4, 8, 16])}
 
     def validate(self) -> None:

@@ -40,7 +40,8 @@ def make_config(cls: type[MethodConfig], overrides: dict | None = None) -> Metho
         if key not in names:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown setting {key!r} for this method.{hint} Settings: {', '.join(names)}")
+            valid = "; ".join(f"{n} ({t}, default {d})" for n, t, d, _ in describe_settings(cls)) or "none"
+            raise ConfigError(f"unknown setting {key!r} for this method.{hint} Settings: {valid}")
         values[key] = _coerce(key, raw, hints[key])
     cfg = cls(**values)
     for f in dataclasses.fields(cfg):  # NaN and inf pass every `x <= 0` check: refuse them for all settings
@@ -75,3 +76,44 @@ def suggest(trial, space: dict) -> dict:
         else:
             raise ConfigError(f"search space entry {name}: unknown kind {kind!r}")
     return out
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The trailing `# comment` of each field line in the class bodies of `cls` and its bases: the settings'
+    one-line help lives beside them in the source, so it cannot drift from the code."""
+    import inspect
+    import re
+    out: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if k is not object]):
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s{4}(\w+)\s*:[^=\n]+=[^#\n]*#\s*(.+)$", src, re.M):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def describe_settings(cls: type[MethodConfig]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) of every setting of a method's Config, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    helps = _field_comments(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        typ = hints.get(f.name, f.type)
+        tname = getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        rows.append((f.name, tname, repr(default) if isinstance(default, str) else str(default),
+                     helps.get(f.name, "")))
+    return rows
+
+
+def settings_table(cls: type[MethodConfig]) -> str:
+    rows = describe_settings(cls)
+    if not rows:
+        return "  (no settings)"
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"  {n:<{w[0]}}  {t:<{w[1]}}  {d:<{w[2]}}  {h}".rstrip() for n, t, d, h in rows)

@@ -16,13 +16,13 @@ from methods.base import ConfigError, MethodConfig
 
 @dataclass
 class TrainConfig(MethodConfig):
-    lr: float = 3e-4
+    lr: float = 3e-4                # AdamW learning rate (peak of the linear warmup / decay)
     weight_decay: float = 0.0       # 0 = MLE; > 0 = MAP (AdamW's decoupled decay)
-    epochs: int = 3
+    epochs: int = 3                 # passes over the training questions
     max_steps: int = 0              # > 0 overrides epochs
-    batch_size: int = 8
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
+    batch_size: int = 8             # questions per step (the last, smaller batch included)
+    warmup_ratio: float = 0.1       # fraction of the steps spent warming up the learning rate
+    max_grad_norm: float = 1.0      # clip of the likelihood gradient only (0: no clip)
     search_space: ClassVar[dict] = {"lr": ("float", 1e-5, 2e-3, True), "weight_decay": ("float", 0.0, 0.1, False)}
 
     def validate(self) -> None:
