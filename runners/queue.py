@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from methods.base import ConfigError
 
 from runners.config import RunConfig
-from runners.results import read_result
+from runners.results import finished, read_result
 
 HEARTBEAT_S = 5.0
 GRACE_S = 30.0
@@ -77,8 +77,7 @@ def enqueue_missing(storage, study_name: str, cells, results: Path) -> int:
     live = {t.user_attrs.get("run_id") for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
     n = 0
     for c in cells:
-        rec = read_result(Path(results) / c.run_id)
-        if (rec and rec.get("status") == "done") or c.run_id in live:
+        if finished(Path(results) / c.run_id) or c.run_id in live:
             continue
         study.enqueue_trial({}, user_attrs={"run_id": c.run_id, "config": json.dumps(c.cfg.to_dict()),
                                             "depends_on": c.depends_on}, skip_if_exists=False)
@@ -130,7 +129,7 @@ def _wait_for_base(storage, study, base_id: str, results: Path, beat_every: floa
     while True:
         _reclaim_stale(storage, study, GRACE_S if grace is None else grace)
         rec = read_result(Path(results) / base_id)
-        if rec and rec.get("status") == "done":
+        if finished(Path(results) / base_id):
             return True
         live = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
                 if t.user_attrs.get("run_id") == base_id]

@@ -48,6 +48,22 @@ def read_result(run_dir: Path) -> dict | None:
     return rec if isinstance(rec, dict) else None
 
 
+def finished(run_dir: Path) -> dict | None:
+    """The record of a complete finished run: marked done, with its artifacts and every prediction file."""
+    run_dir = Path(run_dir)
+    rec = read_result(run_dir)
+    if not rec or rec.get("status") != "done" or not (run_dir / "artifacts").is_dir():
+        return None
+    if any(not (run_dir / "predictions" / f"{_stem(t)}.jsonl").is_file() for t in rec.get("metrics", {})):
+        return None
+    return rec
+
+
+def _stem(task: str) -> str:
+    from tasks import file_stem
+    return file_stem(task)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 

@@ -23,7 +23,7 @@ from methods.settings import make_config
 from metrics import compute_metrics, ood_auroc, posterior_diagnostics, predictive_probs, reliability
 from runners.config import RunConfig, base_run_config
 from runners.evaluate import predict
-from runners.results import Phases, environment, read_result, write_json_atomic
+from runners.results import Phases, environment, finished, write_json_atomic
 from runners.lock import claim, is_stale, lock_path
 from tasks import TaskError, check_task, file_stem, load_split, resolve_data_dir
 
@@ -51,16 +51,6 @@ def write_predictions(path: Path, examples, probs: np.ndarray) -> None:
     with open(path, "w") as f:
         for e, p in zip(examples, probs):
             f.write(json.dumps({"id": e.id, "label": e.label, "probs": [round(float(x), 7) for x in p[: e.n_choices]]}) + "\n")
-
-
-def finished(run_dir: Path) -> dict | None:
-    """The record of a complete finished run: marked done, with its artifacts and every prediction file."""
-    rec = read_result(run_dir)
-    if not rec or rec.get("status") != "done" or not (run_dir / "artifacts").is_dir():
-        return None
-    if any(not (run_dir / "predictions" / f"{file_stem(t)}.jsonl").is_file() for t in rec.get("metrics", {})):
-        return None
-    return rec
 
 
 def _clean_orphans(results_dir: Path) -> None:

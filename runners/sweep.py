@@ -15,7 +15,7 @@ import yaml
 from methods.base import ConfigError
 from methods.registry import get_method
 from runners.config import RunConfig, base_run_config, build_run_config
-from runners.results import read_result
+from runners.results import finished, read_result
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 RUN_KEYS = ("model", "scoring", "normalization", "limit_train", "limit_eval", "split_seed", "val_fraction",
@@ -41,7 +41,10 @@ class Plan:
         out = {}
         for c in self.cells:
             rec = read_result(Path(results) / c.run_id)
-            out[c.run_id] = rec["status"] if rec else "missing"
+            if rec and rec.get("status") == "done" and not finished(Path(results) / c.run_id):
+                out[c.run_id] = "incomplete"  # marked done but missing files: it will be rerun
+            else:
+                out[c.run_id] = rec["status"] if rec else "missing"
         return out
 
 

@@ -88,6 +88,18 @@ def test_a_done_run_without_its_artifacts_is_not_done(tmp_path, data_dir):
     assert again["metrics"]["arc_easy"]["acc"] == first["metrics"]["arc_easy"]["acc"]
 
 
+def test_dry_run_shows_a_done_run_without_predictions_as_incomplete(tmp_path, data_dir):
+    import shutil
+    plan = expand(load_spec("tiny"))
+    lora = next(c for c in plan.cells if c.cfg.method == "lora")
+    execute(lora.cfg, tmp_path, data_dir=data_dir, device="cpu")
+    assert plan.status(tmp_path)[lora.run_id] == "done"
+    shutil.rmtree(tmp_path / lora.run_id / "predictions")
+    assert plan.status(tmp_path)[lora.run_id] == "incomplete"
+    p = cli("sweep", "tiny", "--dry-run", results=tmp_path, data_dir=data_dir)
+    assert p.returncode == 0 and f"[incomplete] {lora.run_id}" in p.stdout, p.stdout
+
+
 def test_quant_on_the_tiny_model_is_refused_not_recorded(tmp_path, data_dir):
     p = cli("run", "--method", "lora", "--task", "arc_easy", "--model", "tiny-random-llama", "--quant", "4bit",
             results=tmp_path / "r", data_dir=data_dir)
