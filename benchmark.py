@@ -334,5 +334,14 @@ def main(argv=None) -> int:
         return 130
 
 
+def entry() -> int:
+    """`main` with Ctrl-C during start-up (imports, argument parsing) as quiet as during a command."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
