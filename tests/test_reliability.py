@@ -294,9 +294,20 @@ def test_bad_input_table(case, tmp_path, data_dir, lora_adapter):
 
 def test_ctrl_c_prints_one_line(tmp_path, data_dir):
     import signal
-    args = [sys.executable, str(ROOT / "benchmark.py"), *RUN[:-2], "--set", "epochs=50", "--results", str(tmp_path)]
+    import threading
+    # so many epochs that the run cannot end by itself; SIGINT goes once training has begun (its progress bar
+    # shows), not after a fixed sleep, which a fast machine outran
+    args = [sys.executable, str(ROOT / "benchmark.py"), *RUN[:-2], "--set", "epochs=1000000", "--results", str(tmp_path)]
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(data_dir))
-    time.sleep(12)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while "lora:" not in "".join(chunks) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert p.poll() is None, "".join(chunks)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    p.wait(timeout=120)
+    reader.join(timeout=10)
+    err = "".join(chunks)
     assert p.returncode == 130 and "Traceback" not in err and err.strip().endswith("interrupted"), err
