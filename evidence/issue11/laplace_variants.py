@@ -32,12 +32,15 @@ ap.add_argument("--limit-train", type=int, default=1000)
 ap.add_argument("--data-dir", default="../shared/datasets")
 ap.add_argument("--mc-samples", type=int, default=10000)
 ap.add_argument("--out", default="evidence/issue11/laplace_variants.json")
+ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+ap.add_argument("--model", default="smollm2-135m", help="the adapter's model (tiny-random-llama to try the script)")
+ap.add_argument("--limit-val", type=int, default=None, help="first N validation questions (to try the script)")
 args = ap.parse_args()
 
-bb = load_backbone(BackboneConfig("smollm2-135m", precision="bf16", device="cpu"))
+bb = load_backbone(BackboneConfig(args.model, precision="bf16", device=args.device))
 scorer = Scorer(bb.tokenizer, "loglik", "token")
 train = load_split(args.task, "train", data_dir=args.data_dir, limit=args.limit_train)
-val = load_split(args.task, "validation", data_dir=args.data_dir)
+val = load_split(args.task, "validation", data_dir=args.data_dir, limit=args.limit_val)
 select, assess = val[: len(val) // 2], val[len(val) // 2:]
 lams = grid(1e-4, 1e4, 21)
 
@@ -47,13 +50,14 @@ def moments(m, examples, lam):
     K = max(e.n_choices for e in examples)
     means, covs, masks, labels = [], [], [], []
     for i in range(0, len(examples), 8):
-        b = scorer.encode(examples[i:i + 8])
+        b = scorer.encode(examples[i:i + 8]).to(bb.device)
         mean, cov = glm_logits(m.model, scorer, bb, m.layers, m.posterior, b, lam)
         k = mean.shape[1]
-        means.append(torch.nn.functional.pad(mean, (0, K - k), value=float("-inf")))
-        covs.append(torch.nn.functional.pad(cov, (0, K - k, 0, K - k)))
-        masks.append(torch.nn.functional.pad(b.choice_mask, (0, K - k), value=False))
-        labels.append(b.labels)
+        # moments come back to the CPU: the MC link below draws from a CPU generator, on any device
+        means.append(torch.nn.functional.pad(mean.float().cpu(), (0, K - k), value=float("-inf")))
+        covs.append(torch.nn.functional.pad(cov.float().cpu(), (0, K - k, 0, K - k)))
+        masks.append(torch.nn.functional.pad(b.choice_mask.cpu(), (0, K - k), value=False))
+        labels.append(b.labels.cpu())
     return torch.cat(means), torch.cat(covs, 1), torch.cat(masks), torch.cat(labels)
 
 
@@ -63,7 +67,7 @@ def probs(mean, cov, mask, link, seed=0):
 
 
 out = {"task": args.task, "adapter": args.adapter, "train_n": len(train), "select_n": len(select),
-       "assess_n": len(assess), "mc_samples": args.mc_samples, "variants": []}
+       "assess_n": len(assess), "mc_samples": args.mc_samples, "device": str(bb.device), "variants": []}
 for full_max in (4096, 256):
     cfg = make_config(LaplaceLoRA.Config, {"kfac_full_max": full_max, "prior_method": "fixed"})
     m = LaplaceLoRA(cfg, bb, scorer, 0)
