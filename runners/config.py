@@ -100,8 +100,9 @@ def build_run_config(method: str, task: str, overrides: dict | None = None, **kw
     return cfg
 
 
+# eval_split too: the base of a cell scored on validation (tuning) is scored on validation, never on test
 SHARED_WITH_BASE = ("model", "seed", "ood", "scoring", "normalization", "limit_train", "limit_eval",
-                    "split_seed", "val_fraction", "precision", "quant", "eval_batch_size")
+                    "split_seed", "val_fraction", "precision", "quant", "eval_batch_size", "eval_split")
 
 
 def base_run_config(cfg: RunConfig) -> RunConfig | None:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from metrics import METRICS, columns, compute_metrics
 from runners.collect import cost_table, load_predictions, load_results
+from runners.deltas import paired_deltas, render_deltas
 from runners.plots import write_plots
 
 HIGHER_BETTER = {n: m.higher_is_better for n, m in METRICS.items()}
@@ -98,6 +99,11 @@ def write_tables(df: pd.DataFrame, out: Path, n_boot: int = 200) -> list[Path]:
         latex = shown.map(lambda s: s.replace("**", "") if isinstance(s, str) else s)
         (out / f"leaderboard_{role}.tex").write_text(latex.to_latex(index=False, escape=True))
         written += [out / f"leaderboard_{role}.{e}" for e in ("csv", "md", "tex")]
+    deltas = paired_deltas(df, "lora", n_boot)
+    if not deltas.empty:  # paired differences to plain LoRA on the same questions (runners/deltas.py)
+        deltas.to_csv(out / "deltas_vs_lora.csv", index=False)
+        (out / "deltas_vs_lora.md").write_text(to_markdown(render_deltas(deltas)) + "\n")
+        written += [out / "deltas_vs_lora.csv", out / "deltas_vs_lora.md"]
     cost = cost_table(df)
     if not cost.empty:
         cost.to_csv(out / "cost.csv", index=False)

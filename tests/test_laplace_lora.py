@@ -256,7 +256,7 @@ def test_variants_fit_and_predict(adapter, data, tmp_path, settings):
 
 def test_marglik_choice_is_the_curve_maximum(adapter, data, tmp_path):
     from methods.laplace_lora.prior import log_marglik
-    method = fit(adapter, data, tmp_path, prior_grid_size=9)
+    method = fit(adapter, data, tmp_path, prior_grid_size=9, prior_method="marglik")
     lam, f = method.prior_precision, method.fitted
     best = max(f["prior_curve"])
     assert f["log_marglik"] >= best - 1e-9  # refinement never loses to the grid

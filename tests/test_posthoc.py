@@ -118,3 +118,14 @@ def test_cli_adapter_of_another_model_exit_2_nothing_written(adapter, tmp_path, 
     p = cli("run", "--method", "temperature", "--task", "arc_easy", "--model", "tiny-random-llama", "--adapter",
             str(bad), "--limit-train", "4", "--limit-eval", "4", results=tmp_path / "r", data_dir=data_dir)
     assert_bad_input(p, "another model", tmp_path / "r")
+
+
+def test_tuning_a_posthoc_method_writes_no_test_evaluation(tmp_path, data_dir):
+    """A cell scored on validation (what `tune` runs) scores its lora base on validation too: no record under
+    the results directory holds a test-split evaluation."""
+    kw = dict(model="tiny-random-llama", limit_train=8, limit_eval=6, precision="fp32",
+              base_settings={"epochs": "1", "batch_size": "4"}, eval_split="validation")
+    rec = execute(build_run_config("temperature", "arc_easy", {}, **kw), tmp_path, data_dir=data_dir, device="cpu")
+    records = [json.loads(f.read_text()) for f in tmp_path.glob("*/result.json")]
+    assert rec["base_run"] and {r["config"]["method"] for r in records} == {"lora", "temperature"}
+    assert all(r["config"]["eval_split"] == "validation" for r in records)

@@ -45,6 +45,8 @@ def test_report_tables_and_plots(results, tmp_path):
     assert {"acc", "acc_lo", "acc_hi", "ece", "nll", "n", "seeds"} <= set(csv.columns)
     assert ((csv["acc_lo"] <= csv["acc"]) & (csv["acc"] <= csv["acc_hi"])).all()
     assert "\\begin{tabular}" in (out / "leaderboard_id.tex").read_text()
+    deltas = pd.read_csv(out / "deltas_vs_lora.csv")  # paired differences to lora; temperature keeps its argmax
+    assert deltas.loc[deltas.method == "temperature", "acc"].abs().max() == 0 and "Δnll" in (out / "deltas_vs_lora.md").read_text()
     cost = pd.read_csv(out / "cost.csv")
     assert cost.loc[cost.method.str.startswith("lora"), "fit_x_lora_train"].iloc[0] == pytest.approx(1.0)
     for name in ("reliability_arc_easy_arc_easy", "pareto_arc_easy", "cost", "study_tune-lora-arc_easy"):
@@ -73,3 +75,33 @@ def test_notebook_runs(results):
         os.chdir(cwd)
         os.environ.pop("BAYESPEFT_RESULTS")
     assert len(env["table"]) >= 3 and env["fig"].axes
+
+
+def _fake_run(root, name, probs, labels, seed=0, label=None):
+    d = root / name
+    (d / "predictions").mkdir(parents=True)
+    with open(d / "predictions" / "arc_easy.jsonl", "w") as f:
+        for p, y in zip(probs, labels):
+            f.write(json.dumps({"probs": list(p), "label": int(y)}) + "\n")
+    return {"model": "m", "scoring": "loglik", "train_task": "arc_easy", "eval_task": "arc_easy",
+            "label": label or name, "seed": seed, "run_dir": str(d)}
+
+
+def test_paired_deltas_star_only_reliable_differences(tmp_path):
+    """A method right on every question lora gets wrong is starred; one equal to lora is not; a run on
+    other questions is left out rather than compared."""
+    import numpy as np
+    from runners.deltas import paired_deltas, render_deltas
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    lora = np.where(rng.random(200)[:, None] < 0.6, np.eye(2)[y] * 0.6 + 0.2, np.eye(2)[1 - y] * 0.6 + 0.2)
+    better = np.eye(2)[y] * 0.6 + 0.2
+    rows = [_fake_run(tmp_path, "lora", lora, y), _fake_run(tmp_path, "better", better, y),
+            _fake_run(tmp_path, "same", lora, y), _fake_run(tmp_path, "other", lora, 1 - y)]
+    table = paired_deltas(pd.DataFrame(rows), "lora", n_boot=100).set_index("method")
+    assert set(table.index) == {"better", "same"}
+    acc_gain = float((lora.argmax(1) != y).mean())
+    assert table.loc["better", "acc"] == pytest.approx(acc_gain) and table.loc["better", "acc_lo"] > 0
+    assert table.loc["same", ["acc", "ece", "nll"]].abs().max() == 0
+    shown = render_deltas(table.reset_index()).set_index("method")
+    assert shown.loc["better", "Δacc"].endswith("*") and not shown.loc["same", "Δacc"].endswith("*")
