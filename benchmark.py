@@ -97,16 +97,59 @@ def cmd_run(a) -> int:
                            eval_batch_size=a.eval_batch_size, adapter=a.adapter,
                            base_settings=parse_set_args(a.base_set))
     rec = execute(cfg, Path(a.results), data_dir=a.data_dir, device=a.device, force=a.force)
-    where = Path(a.results) / cfg.run_id
+    return show_run(rec, Path(a.results) / cfg.run_id)
+
+
+def show_run(rec: dict, where: Path) -> int:
     if rec.get("skipped"):
         print(f"identical run already done: {where} (use --force to rerun)")
-    print(f"run {cfg.run_id}: {rec['status']}  ->  {where}/result.json")
+    print(f"run {where.name}: {rec['status']}  ->  {where}/result.json")
+    fit = rec.get("fit") or {}
+    if fit.get("reused") or fit.get("evaluations_reused"):
+        print(f"  reused: {'fit ' + fit['fit_id'] if fit.get('reused') else 'no fit'}"
+              f"{', evaluations of ' + ', '.join(fit['evaluations_reused']) if fit.get('evaluations_reused') else ''}")
     from metrics import METRICS
     for task, m in rec.get("metrics", {}).items():
         shown = " ".join(f"{k}={m[k]:.4f}" for k, spec in METRICS.items() if spec.printed and k in m)
         print(f"  {task:<16} {m['role']:<3} n={m['n']:<5} {shown}")
     t = rec.get("timings", {})
     print("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    """Score a stored fit on more sets, or with another limit or S: nothing is refitted (runners/fits.py)."""
+    from methods.base import ConfigError
+    from runners.config import build_run_config
+    from runners.fits import find_fit, read_fit
+    from runners.migrate import config_of
+    from runners.results import read_result
+    from runners.run import execute
+    src = Path(a.fit)
+    rec = read_result(src)
+    results = src.parent
+    if rec is None:
+        rec, results = read_fit(src), src.parent.parent
+    if rec is None or rec.get("status", "done") != "done" or "config" not in rec:
+        raise ConfigError(f"--fit {src}: no finished run (result.json) or fit (fit.json) there; give a run "
+                          "directory or <results>/fits/<fit id>")
+    old = config_of(rec)
+    keep = {k: getattr(old, k) for k in ("model", "seed", "scoring", "normalization", "limit_train", "split_seed",
+                                         "val_fraction", "precision", "quant", "adapter", "base_settings")}
+    given = lambda x, default: default if x is None else x  # noqa: E731 - unset: as the source run was scored
+    cfg = build_run_config(old.method, old.task, old.settings, ood=tuple(dict.fromkeys([*old.ood, *a.ood])),
+                           limit_eval=given(a.limit_eval, old.limit_eval), n_samples=given(a.n_samples, old.n_samples),
+                           eval_batch_size=given(a.eval_batch_size, old.eval_batch_size), **keep)
+    if find_fit(results, cfg) is None:
+        raise ConfigError(f"the fit of {src} is not in {results}/fits; runs written before the fit store need "
+                          f"`python benchmark.py migrate --results {results}` first")
+    out = execute(cfg, results, data_dir=a.data_dir, device=a.device)
+    return show_run(out, results / cfg.run_id)
+
+
+def cmd_migrate(a) -> int:
+    from runners.migrate import migrate
+    migrate(Path(a.results))
     return 0
 
 
@@ -313,6 +356,18 @@ def main(argv=None) -> int:
     rp.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for intervals (0: none)")
     rp.add_argument("--storage", default=None,
                     help="Optuna storage whose tune studies are plotted (default: <results>/.sweeps.journal)")
+    ep = sub.add_parser("evaluate", help="score a stored fit on more sets / another limit or S, refitting nothing")
+    ep.add_argument("--fit", required=True, help="a finished run directory or <results>/fits/<fit id>")
+    ep.add_argument("--ood", type=_csv, default=(), help="comma-separated OOD sets scored besides the run's own "
+                                                         "(the training task is always scored)")
+    ep.add_argument("--limit-eval", type=int, default=None, help="first N test questions per set (default: the run's)")
+    ep.add_argument("--samples", type=int, default=None, dest="n_samples",
+                    help="posterior samples at test time (default: the run's)")
+    ep.add_argument("--eval-batch-size", type=int, default=None, help="questions per evaluation batch (default: the run's)")
+    ep.add_argument("--data-dir", default=None, help="local dataset mirror (else $BAYESPEFT_DATA_DIR, else the hub)")
+    ep.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    mp = sub.add_parser("migrate", help="move the fits of runs written before the fit store into <results>/fits")
+    mp.add_argument("--results", default=str(ROOT / "results"), help="results directory")
     from bench.cli import add_bench_args
     add_bench_args(sub.add_parser("bench", help="performance comparisons against plain loops and laplace-torch"))
     lp = sub.add_parser("list", help="list methods, tasks or models")
@@ -325,7 +380,7 @@ def main(argv=None) -> int:
     from tasks import TaskError
     try:
         return {"run": cmd_run, "report": cmd_report, "tune": cmd_tune, "sweep": cmd_sweep, "worker": cmd_worker, "list": cmd_list,
-                "bench": cmd_bench}[a.cmd](a)
+                "bench": cmd_bench, "evaluate": cmd_evaluate, "migrate": cmd_migrate}[a.cmd](a)
     except (ConfigError, TaskError, BackboneError, FileNotFoundError) as e:  # bad input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,15 +50,32 @@ class RunConfig:
         d["ood"] = list(self.ood)
         return d
 
-    @property
-    def run_id(self) -> str:
-        # Run-level fields at their default value stay out of the hash, so adding a new field with a default
-        # keeps existing run ids (and their results) valid. Method settings enter in full (defaults filled in).
+    def fit_dict(self) -> dict:
+        """The fields that make the fit: everything but where and how it is evaluated."""
+        return {k: v for k, v in self.to_dict().items() if k not in EVAL_FIELDS}
+
+    def _id(self, fields: dict) -> str:
+        # Fields at their default value stay out of the hash, so adding a new field with a default keeps
+        # existing ids (and their results) valid. Method settings enter in full (defaults filled in).
         defaults = RunConfig(method=self.method, task=self.task).to_dict()
-        identity = {k: v for k, v in self.to_dict().items() if k in ("method", "task", "settings") or v != defaults[k]}
+        identity = {k: v for k, v in fields.items() if k in ("method", "task", "settings") or v != defaults[k]}
         blob = json.dumps(identity, sort_keys=True, default=list)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"{self.method}-{self.task.replace(':', '_').replace('/', '_')[:40]}-s{self.seed}-{digest}"
+
+    @property
+    def run_id(self) -> str:
+        """The cell: its fit and the evaluations it asks for."""
+        return self._id(self.to_dict())
+
+    @property
+    def fit_id(self) -> str:
+        """The fit alone (runners/fits.py): the same for every run that scores it, however it is evaluated."""
+        return self._id(self.fit_dict())
+
+
+# Where and how a fit is scored: not part of what is fitted (runners/fits.py keys evaluations by them)
+EVAL_FIELDS = ("ood", "limit_eval", "eval_batch_size", "n_samples", "eval_split")
 
 
 def build_run_config(method: str, task: str, overrides: dict | None = None, **kw) -> RunConfig:
@@ -100,9 +117,10 @@ def build_run_config(method: str, task: str, overrides: dict | None = None, **kw
     return cfg
 
 
-# eval_split too: the base of a cell scored on validation (tuning) is scored on validation, never on test
+# Only the base's fit matters (runners/fits.py); its evaluation fields are copied so that an old-layout base
+# run (results written before fits/, its artifacts inside the run) is still found under its run id.
 SHARED_WITH_BASE = ("model", "seed", "ood", "scoring", "normalization", "limit_train", "limit_eval",
-                    "split_seed", "val_fraction", "precision", "quant", "eval_batch_size", "eval_split")
+                    "split_seed", "val_fraction", "precision", "quant", "eval_batch_size")
 
 
 def base_run_config(cfg: RunConfig) -> RunConfig | None:

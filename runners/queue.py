@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from methods.base import ConfigError
 
 from runners.config import RunConfig
-from runners.results import finished, read_result
+from runners.results import finished
 
 HEARTBEAT_S = 5.0
 GRACE_S = 30.0
@@ -121,27 +121,6 @@ class _Heartbeat(threading.Thread):
                 return
 
 
-def _wait_for_base(storage, study, base_id: str, results: Path, beat_every: float, run_base,
-                   grace: float = None) -> bool:
-    """A post-hoc cell runs after its base lora cell: wait while another worker runs it; if it is only
-    queued (e.g. re-enqueued behind us after a dead worker), claim and run it here rather than deadlock.
-    A holder that stopped sending heartbeats loses its claim here too (after `grace` seconds), as in `work`."""
-    while True:
-        _reclaim_stale(storage, study, GRACE_S if grace is None else grace)
-        rec = read_result(Path(results) / base_id)
-        if finished(Path(results) / base_id):
-            return True
-        live = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
-                if t.user_attrs.get("run_id") == base_id]
-        if not live:
-            return bool(rec is None)  # nobody has it: run it inline (missing) or give up (failed)
-        waiting = [t for t in live if t.state == TrialState.WAITING]
-        if waiting and storage.set_trial_state_values(waiting[0]._trial_id, TrialState.RUNNING):
-            run_base(waiting[0])
-            continue
-        time.sleep(beat_every)
-
-
 def work(storage_url: str | None, study_name: str, results: Path, data_dir: str | None, device: str,
          worker: str, heartbeat: float = HEARTBEAT_S, grace: float = GRACE_S, log=print) -> dict:
     """Claim and run cells until none is waiting or running. Returns counts of what this worker did."""
@@ -171,11 +150,7 @@ def _run_claimed(storage, study, t, results, data_dir, device, worker, heartbeat
     cfg.ood = tuple(cfg.ood)
     t0 = time.time()
     try:
-        base = t.user_attrs.get("depends_on")
-        run_base = lambda bt: _run_claimed(storage, study, bt, results, data_dir, device, worker,  # noqa: E731
-                                           heartbeat, did, log, grace)
-        if base and not _wait_for_base(storage, study, base, results, heartbeat, run_base, grace):
-            raise RuntimeError(f"base run {base} failed")
+        # a base fit is claimed by whichever cell needs it first (runners/fits.py), the others wait on its lock
         rec = execute(cfg, results, data_dir=data_dir, device=device)
         state, summary = TrialState.COMPLETE, {"status": rec["status"], "skipped": bool(rec.get("skipped"))}
         did["done"] += 1

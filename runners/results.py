@@ -49,10 +49,13 @@ def read_result(run_dir: Path) -> dict | None:
 
 
 def finished(run_dir: Path) -> dict | None:
-    """The record of a complete finished run: marked done, with its artifacts and every prediction file."""
+    """The record of a complete finished run: marked done, its fit present, every prediction file there."""
     run_dir = Path(run_dir)
     rec = read_result(run_dir)
-    if not rec or rec.get("status") != "done" or not (run_dir / "artifacts").is_dir():
+    if not rec or rec.get("status") != "done":
+        return None
+    fit = (rec.get("fit") or {}).get("dir")  # runners/fits.py; runs written before it hold their artifacts
+    if not (run_dir / "artifacts").is_dir() and not (fit and (run_dir.parent / fit / "artifacts").is_dir()):
         return None
     if any(not (run_dir / "predictions" / f"{_stem(t)}.jsonl").is_file() for t in rec.get("metrics", {})):
         return None

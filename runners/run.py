@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from backbones import BackboneError, Scorer, load_backbone
-from methods.base import ConfigError, FitData
-from methods.registry import get_method
-from methods.settings import make_config
+from methods.base import ConfigError
+from methods.registry import get_method, load_fit
 from metrics import compute_metrics, ood_auroc, posterior_diagnostics, predictive_probs, reliability
-from runners.config import RunConfig, base_run_config
+from runners.config import RunConfig
 from runners.evaluate import predict
+from runners.fits import clean_orphans as clean_fit_orphans, ensure_fit, eval_key, read_eval, write_eval
 from runners.results import Phases, environment, finished, write_json_atomic
 from runners.lock import claim, is_stale, lock_path
 from tasks import TaskError, check_task, file_stem, load_split, resolve_data_dir
@@ -46,11 +46,10 @@ def n_samples_for(cfg: RunConfig) -> int:
     return get_method(cfg.method).samples_for(cfg.method_config(), cfg.n_samples)
 
 
-def write_predictions(path: Path, examples, probs: np.ndarray) -> None:
+def write_rows(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for e, p in zip(examples, probs):
-            f.write(json.dumps({"id": e.id, "label": e.label, "probs": [round(float(x), 7) for x in p[: e.n_choices]]}) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def _clean_orphans(results_dir: Path) -> None:
@@ -59,6 +58,7 @@ def _clean_orphans(results_dir: Path) -> None:
         lock = lock_path(results_dir, tmp.name[len(".tmp-"):])
         if not lock.exists() or is_stale(lock):
             shutil.rmtree(tmp, ignore_errors=True)
+    clean_fit_orphans(results_dir)
 
 
 def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, device: str = "auto",
@@ -66,20 +66,14 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
     """Run `cfg` unless an identical finished run exists; return its result record.
 
     The cell is claimed first (runners/lock.py): a second identical call waits for the first and returns
-    its result instead of computing it again."""
+    its result instead of computing it again. Its fit and evaluations are reused when stored
+    (runners/fits.py); `force` recomputes the evaluations (the fit stays)."""
     data_dir = resolve_data_dir(data_dir)
     preflight(cfg, data_dir)
     final = Path(results_dir) / cfg.run_id
     done = finished(final)
     if done and not force:
         return {**done, "skipped": True}
-    base = base_run_config(cfg)
-    adapter = Path(cfg.adapter) if cfg.adapter else None
-    if base is not None:  # post-hoc methods, ensembles: reuse (or first fit) the base of the same cell
-        base_rec = execute(base, results_dir, data_dir, device)
-        if base_rec.get("status") != "done":
-            raise RuntimeError(f"base {base.method} run {base.run_id} did not finish: {base_rec.get('error')}")
-        adapter = Path(results_dir) / base.run_id / "artifacts"
     Path(results_dir).mkdir(parents=True, exist_ok=True)
     say = log or (lambda msg: print(msg, file=sys.stderr))
     with claim(results_dir, cfg.run_id, on_wait=lambda: say(f"{cfg.run_id}: another process is running this "
@@ -88,10 +82,10 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
         if done and (waited or not force):
             return {**done, "skipped": True}
         _clean_orphans(results_dir)
-        return _execute_claimed(cfg, results_dir, data_dir, device, base, adapter)
+        return _execute_claimed(cfg, results_dir, data_dir, device, force, say)
 
 
-def _execute_claimed(cfg, results_dir, data_dir, device, base, adapter) -> dict:
+def _execute_claimed(cfg, results_dir, data_dir, device, force, say) -> dict:
     final = Path(results_dir) / cfg.run_id
     tmp = Path(results_dir) / f".tmp-{cfg.run_id}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -100,8 +94,7 @@ def _execute_claimed(cfg, results_dir, data_dir, device, base, adapter) -> dict:
     record = {"run_id": cfg.run_id, "status": "running", "config": cfg.to_dict(),
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     try:
-        record.update(_run(cfg, tmp, data_dir, device, phases, adapter))
-        record["base_run"] = base.run_id if base is not None else None
+        record.update(_run(cfg, tmp, Path(results_dir), data_dir, device, phases, force, say))
         record["status"] = "done"
     except (ConfigError, BackboneError, TaskError):
         # bad input found only once the model is loaded (e.g. an adapter of another model): nothing is kept
@@ -122,49 +115,79 @@ def _finish(record: dict, phases: Phases, tmp: Path, final: Path) -> None:
     tmp.rename(final)
 
 
-def _run(cfg: RunConfig, out: Path, data_dir: str | None, device: str, phases: Phases,
-         adapter: Path | None) -> dict:
+def _run(cfg: RunConfig, out: Path, results: Path, data_dir: str | None, device: str, phases: Phases,
+         force: bool, say) -> dict:
     cls = get_method(cfg.method)
     mcfg = cfg.method_config()
-    torch.manual_seed(cfg.seed)
     with phases("load"):
         backbone = load_backbone(cfg.backbone_config(device))
         scorer = Scorer(backbone.tokenizer, cfg.scoring, cfg.normalization)
-        split_kw = dict(data_dir=data_dir, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction)
-        train = load_split(cfg.task, "train", limit=cfg.limit_train, **split_kw)
-        val = load_split(cfg.task, "validation", **split_kw)
-        evals = {cfg.task: load_split(cfg.task, cfg.eval_split, limit=cfg.limit_eval, **split_kw),
-                 **{t: load_split(t, "test", limit=cfg.limit_eval, **split_kw) for t in cfg.ood}}
-    method = cls(mcfg, backbone, scorer, cfg.seed)
-    base = None
-    if adapter is not None:  # the fit this method starts from, handed over loaded
-        base_cls = get_method(cls.base_method)
-        base_cfg = make_config(base_cls.Config, cls.base_settings(mcfg, dict(cfg.base_settings)))
-        base = base_cls(base_cfg, backbone, scorer, cfg.seed)
-        with phases("load"):
-            base.load(adapter)
-    with phases("fit"):
-        fitted = method.fit(FitData(train=train, validation=val, workdir=out, base=base))
-    method.save(out / "artifacts")
+    fdir, fit_rec, method = ensure_fit(cfg, results, data_dir, device, (backbone, scorer), say)
+    fit_reused = method is None
     S = n_samples_for(cfg)
-    metrics, rel, conf = {}, {}, {}
-    for t, examples in evals.items():
-        with phases(f"eval:{t}"):
-            scored = predict(method, examples, S, cfg.eval_batch_size, cfg.seed, desc=f"eval {t}",
-                             point=method.has_point_estimate)
-        logp, point = scored if method.has_point_estimate else (scored, None)
-        probs = predictive_probs(logp)
-        labels = np.array([e.label for e in examples])
-        write_predictions(out / "predictions" / f"{file_stem(t)}.jsonl", examples, probs)
-        metrics[t] = {"role": "id" if t == cfg.task else "ood", **compute_metrics(probs, labels),
-                      "diagnostics": posterior_diagnostics(logp, None if point is None else np.exp(point))}
-        rel[t] = reliability(probs, labels)
+    split_kw = dict(data_dir=data_dir, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction)
+    sets = {cfg.task: cfg.eval_split, **{t: "test" for t in cfg.ood}}
+    metrics, rel, conf, reused, seconds = {}, {}, {}, [], {}
+    for t, split in sets.items():
+        key = eval_key(split, t, cfg.limit_eval, S)
+        got = None if force else read_eval(fdir, key)
+        if got is None:
+            if method is None:  # a stored fit: loaded once, through the method's own load
+                with phases("load"):
+                    method = load_fit(cfg.method, fdir / "artifacts", backbone, scorer, cfg.seed, cfg.settings)
+            with phases(f"eval:{t}"):
+                rec_t, rows = evaluate_set(method, load_split(t, split, limit=cfg.limit_eval, **split_kw), S,
+                                           cfg.eval_batch_size, cfg.seed, t)
+            rec_t["environment"] = environment(backbone.device)
+            write_eval(fdir, key, rec_t, rows)
+            got = read_eval(fdir, key)
+        else:
+            reused.append(t)
+        rec_t, probs, labels, rows = got
+        seconds[f"eval:{t}"] = rec_t["seconds"]
+        write_rows(out / "predictions" / f"{file_stem(t)}.jsonl", rows)
+        metrics[t] = {"role": "id" if t == cfg.task else "ood", **rec_t["metrics"]}
+        rel[t] = rec_t["reliability"]
         conf[t] = probs.max(1)
     for t in cfg.ood:  # OOD detection: does max-probability separate ID test from this OOD set?
         metrics[t]["ood_auroc_maxprob"] = ood_auroc(conf[cfg.task], conf[t])
-    return {"method": {"name": cfg.method, "config": mcfg.to_dict(), "fitted": fitted, "posthoc": cls.posthoc,
-                       "stochastic": method.stochastic, "n_samples": S,
-                       "trainable_parameters": method.trainable_parameters()},
+    # the cost of this cell is the cost of computing each piece once, whether now or by an earlier run
+    fit_t = fit_rec.get("timings", {})
+    phases.seconds["fit"] = fit_t.get("fit", 0.0)
+    if not fit_reused:  # fitted now: its data and base loading happened in this run too
+        phases.seconds["load"] = phases.seconds.get("load", 0.0) + fit_t.get("load", 0.0)
+    if "fit" in fit_rec.get("memory", {}):
+        phases.memory.setdefault("fit", fit_rec["memory"]["fit"])
+    phases.seconds.update({k: v for k, v in seconds.items() if k not in phases.seconds})
+    return {"method": {"name": cfg.method, "config": mcfg.to_dict(), "fitted": fit_rec.get("fitted", {}),
+                       "posthoc": cls.posthoc, "stochastic": cls.samples_for(mcfg) > 1, "n_samples": S,
+                       "trainable_parameters": fit_rec.get("trainable_parameters")},
+            "fit": {"fit_id": cfg.fit_id, "dir": str(fdir.relative_to(results)) if fdir.is_relative_to(results)
+                    else str(fdir), "reused": fit_reused, "evaluations_reused": reused},
+            "base_run": fit_rec.get("base_fit"),
             "task": cfg.task, "model": cfg.model, "seed": cfg.seed, "scoring": scorer.describe(),
-            "data": {"train_n": len(train), "validation_n": len(val), "data_dir": data_dir or "huggingface-hub"},
+            "data": {**fit_rec.get("data", {}), "data_dir": data_dir or "huggingface-hub"},
             "metrics": metrics, "reliability": rel, "environment": environment(backbone.device)}
+
+
+def evaluate_set(method, examples, S: int, batch_size: int, seed: int, name: str) -> tuple[dict, list[dict]]:
+    """One evaluation: metrics, reliability and diagnostics of `method` on `examples`, and the prediction rows.
+    The global RNG is seeded per evaluation, so a set scores the same whatever was evaluated before it (and
+    whether the method was just fitted or loaded)."""
+    import time
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    scored = predict(method, examples, S, batch_size, seed, desc=f"eval {name}", point=method.has_point_estimate)
+    logp, point = scored if method.has_point_estimate else (scored, None)
+    probs = predictive_probs(logp)
+    labels = np.array([e.label for e in examples])
+    rows = [{"id": e.id, "label": e.label, "probs": [round(float(x), 7) for x in p[: e.n_choices]]}
+            for e, p in zip(examples, probs)]
+    # metrics from the stored (rounded) probabilities, so a reused evaluation reports exactly the same numbers
+    K = probs.shape[1]
+    stored = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
+    rec = {"metrics": {**compute_metrics(stored, labels),
+                       "diagnostics": posterior_diagnostics(logp, None if point is None else np.exp(point))},
+           "reliability": reliability(stored, labels), "n_samples": S, "eval_batch_size": batch_size,
+           "seconds": time.perf_counter() - t0}
+    return rec, rows

@@ -25,7 +25,7 @@ RUN_KEYS = ("model", "scoring", "normalization", "limit_train", "limit_eval", "s
 @dataclass
 class Cell:
     cfg: RunConfig
-    depends_on: str | None = None   # run id of the base lora cell
+    depends_on: str | None = None   # fit id of the base it starts from (fitted once, by whichever cell is first)
 
     @property
     def run_id(self) -> str:
@@ -123,10 +123,9 @@ def expand(spec: dict) -> Plan:
                 own_base = settings.pop("base_settings", None) or {}  # this method's base adapter (l_lora_xs)
                 extra = {"base_settings": {**base_settings, **own_base}} if cls.posthoc else {}
                 cfg = build_run_config(name, task, settings, seed=seed, ood=ood, **run_kw, **extra)
-                base = base_run_config(cfg)
+                base = base_run_config(cfg)  # only its fit is needed (runners/fits.py): no cell of its own
                 if base is not None:
-                    add(Cell(base))
-                    dependants.append(Cell(cfg, depends_on=base.run_id))
+                    dependants.append(Cell(cfg, depends_on=base.fit_id))
                 else:
                     add(Cell(cfg))
     for c in dependants:
@@ -174,9 +173,9 @@ def describe(plan: Plan, results: Path) -> str:
     lines = [f"sweep {plan.name}: {len(plan.cells)} cells, {done} done, {failed} failed, "
              f"{len(plan.cells) - done - failed} to run"]
     for b, n in sorted(users.items()):
-        lines.append(f"  shared: lora adapter {b} is trained once and reused by {n} post-hoc/ensemble cells")
+        lines.append(f"  shared: fit {b} is fitted once and reused by {n} post-hoc/ensemble cells")
     todo = Plan(plan.name, [c for c in plan.cells if st[c.run_id] != "done"])
     lines.append(f"  rough cost of what is left: {estimate_seconds(todo, results) / 60:.1f} min on this machine")
     for c in plan.cells:
-        lines.append(f"  [{st[c.run_id]:>7}] {c.run_id}" + (f"  (after {c.depends_on})" if c.depends_on else ""))
+        lines.append(f"  [{st[c.run_id]:>7}] {c.run_id}" + (f"  (from fit {c.depends_on})" if c.depends_on else ""))
     return "\n".join(lines)

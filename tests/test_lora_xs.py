@@ -161,7 +161,7 @@ def test_runner_trains_lora_xs_once_for_l_lora_xs(tmp_path, data_dir):
     recs = [execute(build_run_config("l_lora_xs", "arc_easy", s, **kw), tmp_path, data_dir=data_dir, device="cpu")
             for s in ({}, {"hessian_structure": "diag"})]
     assert recs[0]["base_run"] == recs[1]["base_run"] and recs[0]["base_run"].startswith("lora_xs-")
-    assert len(list(tmp_path.glob("lora_xs-*"))) == 1 and not list(tmp_path.glob("lora-*"))
+    assert len(list((tmp_path / "fits").glob("lora_xs-*"))) == 1 and not list((tmp_path / "fits").glob("lora-*"))
     assert all(r["status"] == "done" for r in recs)
 
 

@@ -109,7 +109,7 @@ def test_posthoc_runs_reuse_one_lora_adapter(tmp_path, data_dir):
     recs = [execute(build_run_config(m, "arc_easy", s, **kw), tmp_path, data_dir=data_dir, device="cpu")
             for m, s in (("temperature", {}), ("tfb", {"anchor_size": "8", "iterations": "2"}))]
     assert recs[0]["base_run"] == recs[1]["base_run"] and recs[0]["base_run"].startswith("lora-")
-    assert len(list(tmp_path.glob("lora-*"))) == 1
+    assert len(list((tmp_path / "fits").glob("lora-*"))) == 1 and not list(tmp_path.glob("lora-*"))  # a fit, no run
     assert recs[0]["method"]["fitted"]["temperature"] > 0 and recs[1]["method"]["fitted"]["sigma_q"] > 0
 
 
@@ -121,11 +121,13 @@ def test_cli_adapter_of_another_model_exit_2_nothing_written(adapter, tmp_path, 
 
 
 def test_tuning_a_posthoc_method_writes_no_test_evaluation(tmp_path, data_dir):
-    """A cell scored on validation (what `tune` runs) scores its lora base on validation too: no record under
-    the results directory holds a test-split evaluation."""
+    """A cell scored on validation (what `tune` runs) needs only its lora base's fit: nothing under the
+    results directory holds a test-split evaluation."""
     kw = dict(model="tiny-random-llama", limit_train=8, limit_eval=6, precision="fp32",
               base_settings={"epochs": "1", "batch_size": "4"}, eval_split="validation")
     rec = execute(build_run_config("temperature", "arc_easy", {}, **kw), tmp_path, data_dir=data_dir, device="cpu")
     records = [json.loads(f.read_text()) for f in tmp_path.glob("*/result.json")]
-    assert rec["base_run"] and {r["config"]["method"] for r in records} == {"lora", "temperature"}
-    assert all(r["config"]["eval_split"] == "validation" for r in records)
+    assert rec["base_run"] and [r["config"]["method"] for r in records] == ["temperature"]  # the base: a fit only
+    assert records[0]["config"]["eval_split"] == "validation"
+    evals = [p.name for p in tmp_path.glob("fits/*/evals/*")]
+    assert evals and all(e.startswith("validation-") for e in evals)

@@ -36,7 +36,7 @@ def test_result_files(done):
     assert saved["metrics"]["arc_easy"]["ece_scheme"].startswith("top-label")
     assert {"load", "fit", "eval:arc_easy", "eval:mmlu_chem"} <= set(saved["timings"])
     assert saved["environment"]["packages"]["torch"].startswith("2.")
-    assert (run / "artifacts" / "adapter_model.safetensors").is_file()
+    assert (results / saved["fit"]["dir"] / "artifacts" / "adapter_model.safetensors").is_file()
     assert not list(results.glob(".tmp-*"))
 
 

@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from runners.queue import enqueue_missing, open_storage, work
+from runners.config import base_run_config
 from runners.sweep import expand, load_spec
 from tests.conftest import ROOT
 
@@ -45,10 +46,11 @@ def created(results: Path) -> dict:
 def test_plan_orders_bases_first_and_shares_them():
     plan = expand(spec(seeds=[0, 1]))
     ids = [c.run_id for c in plan.cells]
+    fits = [c.cfg.fit_id for c in plan.cells]
     assert len(ids) == len(set(ids)) == 6  # lora, temperature, tfb per seed; lora listed once per seed
-    for i, c in enumerate(plan.cells):
+    for i, c in enumerate(plan.cells):  # post-hoc cells start from the fit of the lora cell listed before them
         if c.depends_on:
-            assert c.depends_on in ids[:i]
+            assert c.depends_on in fits[:i]
     assert sum(c.cfg.method == "lora" for c in plan.cells) == 2
 
 
@@ -56,7 +58,7 @@ def test_a_method_entry_may_set_its_own_base_settings():
     """l_lora_xs starts from a lora_xs adapter whose lr differs from the lora base's: its entry says so."""
     plan = expand(spec(methods=["temperature", {"l_lora_xs": {"base_settings": {"lr": 3e-3, "epochs": 1}}}],
                        base_settings={"lr": 5e-4, "epochs": 1}))
-    base = {c.cfg.method: c.cfg for c in plan.cells if not c.depends_on}
+    base = {b.method: b for b in (base_run_config(c.cfg) for c in plan.cells if c.depends_on)}
     assert base["lora_xs"].settings["lr"] == 3e-3 and base["lora"].settings["lr"] == 5e-4
     assert all("base_settings" not in c.cfg.settings for c in plan.cells)
 
@@ -103,13 +105,15 @@ def test_kill_9_and_restart_recomputes_nothing_finished(tmp_path, data_dir):
     finished = created(results)
     assert 2 <= len(finished) < 6
     for d in results.glob("*"):  # every run directory is complete (hidden temp dirs aside)
-        if not d.name.startswith("."):
+        if not d.name.startswith(".") and d.name != "fits":
             json.loads((d / "result.json").read_text())
+    for d in results.glob("fits/*"):  # and every stored fit
+        json.loads((d / "fit.json").read_text())
     p = sweep(f, results=results, data_dir=data_dir)
     assert p.returncode == 0 and "6 done, 0 failed" in p.stdout
     after = created(results)
     assert all(after[k] == v for k, v in finished.items())
-    assert not list(results.glob(".tmp-*"))
+    assert not list(results.glob(".tmp-*")) and not list(results.glob("fits/.tmp-*"))
 
 
 def _trials_by_cell(storage, name):

@@ -190,11 +190,11 @@ def test_runner_gives_ensemble_the_lora_run_of_its_settings(tmp_path, data_dir):
     kw = dict(model="tiny-random-llama", limit_train=8, limit_eval=6, precision="fp32")
     cfg = build_run_config("ensemble", "arc_easy", {"epochs": "1", "batch_size": "4", "members": "2"},
                            n_samples=5, **kw)
-    base = base_run_config(cfg)  # the very run `lora` with the ensemble's other settings would be
-    assert base.run_id == build_run_config("lora", "arc_easy", {"epochs": "1", "batch_size": "4"}, **kw).run_id
+    base = base_run_config(cfg)  # the very fit `lora` with the ensemble's other settings would make
+    assert base.fit_id == build_run_config("lora", "arc_easy", {"epochs": "1", "batch_size": "4"}, **kw).fit_id
     assert n_samples_for(cfg) == 2  # S is the number of members, whatever --samples says
     rec = execute(cfg, tmp_path, data_dir=data_dir, device="cpu")
-    assert rec["base_run"] == base.run_id and (tmp_path / base.run_id / "result.json").is_file()
+    assert rec["base_run"] == base.fit_id and (tmp_path / "fits" / base.fit_id / "fit.json").is_file()
     assert rec["method"]["n_samples"] == 2
     assert rec["method"]["fitted"]["members"][0]["source"] == "base lora fit"
 
