@@ -198,3 +198,18 @@ def test_sweep_from_cli_lists(tmp_path, data_dir):
               "--model", "tiny-random-llama", "--limit-train", "8", "--limit-eval", "4", "--dry-run",
               results=tmp_path / "r", data_dir=data_dir)
     assert p.returncode == 0 and "4 cells" in p.stdout and "reused by 1" in p.stdout
+
+
+def test_adding_an_ood_set_to_a_finished_sweep_runs_only_the_new_evaluations(tmp_path, data_dir):
+    results = tmp_path / "r"
+    assert sweep(write_spec(tmp_path), results=results, data_dir=data_dir).returncode == 0
+    fits_before = {p: p.stat().st_mtime_ns for p in results.glob("fits/*/artifacts/**/*") if p.is_file()}
+    more = [{"task": "arc_easy", "ood": ["mmlu_chem", "mmlu_law"]}]
+    p = sweep(write_spec(tmp_path, tasks=more), results=results, data_dir=data_dir)
+    assert p.returncode == 0, p.stdout + p.stderr
+    new = [json.loads(f.read_text()) for f in results.glob("*/result.json")
+           if "mmlu_law" in json.loads(f.read_text())["config"]["ood"]]
+    assert len(new) == 3  # lora, temperature, tfb: each scored mmlu_law and reused all the rest
+    for rec in new:
+        assert rec["fit"]["reused"] and set(rec["fit"]["evaluations_reused"]) == {"arc_easy", "mmlu_chem"}
+    assert {p: p.stat().st_mtime_ns for p in fits_before} == fits_before
