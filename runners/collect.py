@@ -71,6 +71,7 @@ def load_results(results: Path, eval_split: str = "test") -> pd.DataFrame:
                 "fit_s": t.get("fit", np.nan), "eval_s": sum(v for k, v in t.items() if k.startswith("eval:")),
                 "peak_rss_mb": max((v.get("peak_rss_mb", 0) for v in mem.values()), default=np.nan),
                 "posthoc": rec["method"]["posthoc"], "base_run": rec.get("base_run"),
+                "fit_id": (rec.get("fit") or {}).get("fit_id"),
                 "trainable_parameters": rec["method"].get("trainable_parameters"),
                 "run_dir": str(f.parent),
             })

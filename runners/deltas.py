@@ -22,18 +22,30 @@ def _seed_preds(rows: pd.DataFrame) -> dict:
     return {r.seed: load_predictions(r.run_dir, r.eval_task) for r in rows.itertuples()}
 
 
+def _reference_for(rows: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame | None:
+    """The reference rows to compare `rows` with: the only variant of the reference method there is, else
+    the one whose fit these rows start from (a post-hoc method's base); None when that is ambiguous."""
+    if refs["label"].nunique() == 1:
+        return refs
+    bases = set(rows["base_run"].dropna())
+    hit = refs[refs["fit_id"].isin(bases) | refs["run_id"].isin(bases)] if bases else refs.iloc[0:0]
+    return hit if hit["label"].nunique() == 1 else None
+
+
 def paired_deltas(df: pd.DataFrame, reference: str = "lora", n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """Per eval set and method: metric(method) - metric(reference), mean over the seeds both have, with a
     paired 95% bootstrap interval over test questions. Rows whose questions differ (other labels, other
     limit) from the reference's are left out rather than compared."""
     out = []
     for key, g in df.groupby(KEYS, sort=True):
-        ref_rows = g[g["label"] == reference]
-        if ref_rows.empty:
+        refs = g[g["method"] == reference]
+        if refs.empty:
             continue
-        ref = _seed_preds(ref_rows)
-        for label, m in g[g["label"] != reference].groupby("label", sort=True):
-            mine = _seed_preds(m)
+        for label, m in g[g["method"] != reference].groupby("label", sort=True):
+            ref_rows = _reference_for(m, refs)
+            if ref_rows is None:
+                continue
+            ref, mine = _seed_preds(ref_rows), _seed_preds(m)
             seeds = sorted(set(mine) & set(ref))
             if not seeds or any(not np.array_equal(mine[s][1], ref[s][1]) for s in seeds):
                 continue
@@ -44,7 +56,8 @@ def paired_deltas(df: pd.DataFrame, reference: str = "lora", n_boot: int = 200, 
                                     - compute_metrics(ref[s][0][idx], ref[s][1][idx])[c] for s in seeds])
                         for c in DELTA_METRICS}
 
-            row = dict(zip(KEYS, key), method=label, reference=reference, seeds=len(seeds), n=n, **delta(np.arange(n)))
+            row = dict(zip(KEYS, key), method=label, reference=ref_rows["label"].iloc[0], seeds=len(seeds), n=n,
+                       **delta(np.arange(n)))
             if n_boot:
                 rng = np.random.default_rng(seed)
                 boots = [delta(rng.integers(0, n, n)) for _ in range(n_boot)]

@@ -1,11 +1,15 @@
-"""The one evaluation path: method -> [N, S, K] log-probabilities -> predictive probabilities -> metrics."""
+"""The one evaluation path: method -> [N, S, K] log-probabilities -> predictive probabilities -> metrics,
+reliability, posterior diagnostics and prediction rows (`evaluate_set`, what runs store per evaluated set)."""
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from methods.base import Method
+from metrics import compute_metrics, posterior_diagnostics, predictive_probs, reliability
 from tasks.types import MCExample, length_order
 
 
@@ -36,3 +40,25 @@ def predict(method: Method, examples: list[MCExample], n_samples: int, batch_siz
                 pl = method.predict_point_logprobs(batch).float().cpu().numpy()
                 point_out[idx, : pl.shape[1]] = pl
     return (out, point_out) if point else out
+
+
+def evaluate_set(method, examples, S: int, batch_size: int, seed: int, name: str) -> tuple[dict, list[dict]]:
+    """One evaluation: metrics, reliability and diagnostics of `method` on `examples`, and the prediction rows.
+    The global RNG is seeded per evaluation, so a set scores the same whatever was evaluated before it (and
+    whether the method was just fitted or loaded)."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    scored = predict(method, examples, S, batch_size, seed, desc=f"eval {name}", point=method.has_point_estimate)
+    logp, point = scored if method.has_point_estimate else (scored, None)
+    probs = predictive_probs(logp)
+    labels = np.array([e.label for e in examples])
+    rows = [{"id": e.id, "label": e.label, "probs": [round(float(x), 7) for x in p[: e.n_choices]]}
+            for e, p in zip(examples, probs)]
+    # metrics from the stored (rounded) probabilities, so a reused evaluation reports exactly the same numbers
+    K = probs.shape[1]
+    stored = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
+    rec = {"metrics": {**compute_metrics(stored, labels),
+                       "diagnostics": posterior_diagnostics(logp, None if point is None else np.exp(point))},
+           "reliability": reliability(stored, labels), "n_samples": S, "eval_batch_size": batch_size,
+           "seconds": time.perf_counter() - t0}
+    return rec, rows

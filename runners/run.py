@@ -13,15 +13,12 @@ import sys
 import traceback
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from backbones import BackboneError, Scorer, load_backbone
 from methods.base import ConfigError
 from methods.registry import get_method, load_fit
-from metrics import compute_metrics, ood_auroc, posterior_diagnostics, predictive_probs, reliability
+from metrics import ood_auroc
 from runners.config import RunConfig
-from runners.evaluate import predict
+from runners.evaluate import evaluate_set
 from runners.fits import clean_orphans as clean_fit_orphans, ensure_fit, eval_key, read_eval, write_eval
 from runners.results import Phases, environment, finished, write_json_atomic
 from runners.lock import claim, is_stale, lock_path
@@ -168,26 +165,3 @@ def _run(cfg: RunConfig, out: Path, results: Path, data_dir: str | None, device:
             "task": cfg.task, "model": cfg.model, "seed": cfg.seed, "scoring": scorer.describe(),
             "data": {**fit_rec.get("data", {}), "data_dir": data_dir or "huggingface-hub"},
             "metrics": metrics, "reliability": rel, "environment": environment(backbone.device)}
-
-
-def evaluate_set(method, examples, S: int, batch_size: int, seed: int, name: str) -> tuple[dict, list[dict]]:
-    """One evaluation: metrics, reliability and diagnostics of `method` on `examples`, and the prediction rows.
-    The global RNG is seeded per evaluation, so a set scores the same whatever was evaluated before it (and
-    whether the method was just fitted or loaded)."""
-    import time
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    scored = predict(method, examples, S, batch_size, seed, desc=f"eval {name}", point=method.has_point_estimate)
-    logp, point = scored if method.has_point_estimate else (scored, None)
-    probs = predictive_probs(logp)
-    labels = np.array([e.label for e in examples])
-    rows = [{"id": e.id, "label": e.label, "probs": [round(float(x), 7) for x in p[: e.n_choices]]}
-            for e, p in zip(examples, probs)]
-    # metrics from the stored (rounded) probabilities, so a reused evaluation reports exactly the same numbers
-    K = probs.shape[1]
-    stored = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
-    rec = {"metrics": {**compute_metrics(stored, labels),
-                       "diagnostics": posterior_diagnostics(logp, None if point is None else np.exp(point))},
-           "reliability": reliability(stored, labels), "n_samples": S, "eval_batch_size": batch_size,
-           "seconds": time.perf_counter() - t0}
-    return rec, rows

@@ -84,7 +84,8 @@ def _fake_run(root, name, probs, labels, seed=0, label=None):
         for p, y in zip(probs, labels):
             f.write(json.dumps({"probs": list(p), "label": int(y)}) + "\n")
     return {"model": "m", "scoring": "loglik", "train_task": "arc_easy", "eval_task": "arc_easy",
-            "label": label or name, "seed": seed, "run_dir": str(d)}
+            "label": label or name, "method": name, "seed": seed, "run_dir": str(d), "run_id": name,
+            "fit_id": name, "base_run": None}
 
 
 def test_paired_deltas_star_only_reliable_differences(tmp_path):
