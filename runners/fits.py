@@ -118,7 +118,11 @@ def clean_orphans(results: Path, eval_tmp_age_s: float = 3600.0) -> None:
         if not lock.exists() or is_stale(lock):
             shutil.rmtree(tmp, ignore_errors=True)
     for tmp in root.glob("*/evals/.tmp-*"):
-        if time.time() - tmp.stat().st_mtime > eval_tmp_age_s:
+        try:
+            old = time.time() - tmp.stat().st_mtime > eval_tmp_age_s
+        except FileNotFoundError:  # its writer finished meanwhile
+            continue
+        if old:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
