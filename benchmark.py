@@ -185,6 +185,7 @@ def cmd_sweep(a) -> int:
     from methods.base import ConfigError
     from runners.queue import enqueue_missing, open_storage
     from runners.results import check_results_dir
+    from runners.config import plan_run
     from runners.run import execute, preflight
     from runners.sweep import describe, expand, load_spec
     from tasks import resolve_data_dir
@@ -199,7 +200,7 @@ def cmd_sweep(a) -> int:
     plan = expand(load_spec(a.spec) if a.spec else spec_from_args(a))
     data_dir = resolve_data_dir(a.data_dir)
     for c in plan.cells:  # every cell passes the same up-front checks as `run` before anything runs
-        preflight(c.cfg, data_dir)
+        preflight(plan_run(c.cfg), data_dir)
     print(describe(plan, results))
     if a.dry_run:
         return 0

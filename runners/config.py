@@ -123,14 +123,45 @@ SHARED_WITH_BASE = ("model", "seed", "ood", "scoring", "normalization", "limit_t
                     "split_seed", "val_fraction", "precision", "quant", "eval_batch_size")
 
 
-def base_run_config(cfg: RunConfig) -> RunConfig | None:
+def base_run_config(cfg: RunConfig, cls=None, mcfg=None) -> RunConfig | None:
     """The run a method starts from (its declared `base_method`: `lora`, or `lora_xs` for l_lora_xs) with the
     same task, seed and data and the settings the method declares (`base_settings`: the user's --base-set
     for post-hoc methods, the ensemble's own LoRA settings). None when the method starts from scratch or
     the user gave a saved fit with --adapter.
     """
-    cls = get_method(cfg.method)
+    cls = cls or get_method(cfg.method)
     if cfg.adapter is not None or cls.base_method is None:
         return None
-    settings = cls.base_settings(make_config(cls.Config, cfg.settings), dict(cfg.base_settings))
+    settings = cls.base_settings(mcfg or make_config(cls.Config, cfg.settings), dict(cfg.base_settings))
     return build_run_config(cls.base_method, cfg.task, settings, **{k: getattr(cfg, k) for k in SHARED_WITH_BASE})
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run resolved once: the method class and its typed settings, the fit it starts from (itself a plan),
+    the S its evaluations draw and the sets it scores. The runner passes this down instead of looking the
+    method up again at every step."""
+    cfg: RunConfig
+    cls: type
+    method_config: object
+    base: "RunPlan | None"        # the fit this one starts from; None: from scratch, or a user's --adapter
+    n_samples: int
+    sets: tuple[tuple[str, str], ...]  # (evaluated set, split), the training task first
+
+    @property
+    def fit_id(self) -> str:
+        return self.cfg.fit_id
+
+    @property
+    def run_id(self) -> str:
+        return self.cfg.run_id
+
+
+def plan_run(cfg: RunConfig) -> RunPlan:
+    cls = get_method(cfg.method)
+    mcfg = make_config(cls.Config, cfg.settings)
+    base = None
+    if cfg.adapter is None and cls.base_method is not None:
+        base = plan_run(base_run_config(cfg, cls, mcfg))
+    sets = ((cfg.task, cfg.eval_split), *((t, "test") for t in cfg.ood))
+    return RunPlan(cfg, cls, mcfg, base, cls.samples_for(mcfg, cfg.n_samples), sets)

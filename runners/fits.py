@@ -126,11 +126,13 @@ def clean_orphans(results: Path, eval_tmp_age_s: float = 3600.0) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure_fit(cfg, results: Path, data_dir: str | None, device: str, context=None, say=None):
-    """(fit dir, fit record, fitted method or None) for `cfg`: found, or fitted now under the fit's lock.
+def ensure_fit(plan, results: Path, data_dir: str | None, device: str, context=None, say=None):
+    """(fit dir, fit record, fitted method or None) for `plan` (runners.config.RunPlan): found, or fitted now
+    under the fit's lock.
 
     `context` is (backbone, scorer) to fit on (the run's own); None loads one (a base fitted for its users).
     The method comes back only when it was fitted here (already in memory); callers load a found fit."""
+    cfg = plan.cfg
     found = find_fit(results, cfg)
     if found is not None:
         return (*found, None)
@@ -140,24 +142,20 @@ def ensure_fit(cfg, results: Path, data_dir: str | None, device: str, context=No
         found = find_fit(results, cfg)
         if found is not None:
             return (*found, None)
-        return _fit(cfg, results, data_dir, device, context)
+        return _fit(plan, results, data_dir, device, context)
 
 
-def _fit(cfg, results, data_dir, device, context):
+def _fit(plan, results, data_dir, device, context):
     import torch
 
     from backbones import Scorer, load_backbone
     from methods.base import FitData
-    from methods.registry import get_method, load_fit
-    from runners.config import base_run_config
     from tasks import load_split
 
-    cls = get_method(cfg.method)
-    mcfg = cfg.method_config()
-    base_cfg = base_run_config(cfg)
+    cfg, cls, mcfg = plan.cfg, plan.cls, plan.method_config
     base_dir = Path(cfg.adapter) if cfg.adapter else None
-    if base_cfg is not None:  # the fit this one starts from: fitted first, on its own backbone
-        base_dir = ensure_fit(base_cfg, results, data_dir, device)[0] / "artifacts"
+    if plan.base is not None:  # the fit this one starts from: fitted first, on its own backbone
+        base_dir = ensure_fit(plan.base, results, data_dir, device)[0] / "artifacts"
     phases = Phases()
     with phases("load"):
         if context is None:
@@ -168,9 +166,10 @@ def _fit(cfg, results, data_dir, device, context):
         train = load_split(cfg.task, "train", limit=cfg.limit_train, **split_kw)
         val = load_split(cfg.task, "validation", **split_kw)
         base = None
-        if base_dir is not None:  # handed over loaded
-            base_settings = cls.base_settings(mcfg, dict(cfg.base_settings))
-            base = load_fit(cls.base_method, base_dir, backbone, scorer, cfg.seed, base_settings)
+        if base_dir is not None:  # handed over loaded, with the base's own settings when this suite fitted it
+            from methods.registry import load_fit
+            settings = plan.base.cfg.settings if plan.base is not None else cls.base_settings(mcfg, dict(cfg.base_settings))
+            base = load_fit(cls.base_method, base_dir, backbone, scorer, cfg.seed, settings)
     torch.manual_seed(cfg.seed)
     method = cls(mcfg, backbone, scorer, cfg.seed)
     root = fits_root(results)
@@ -181,7 +180,7 @@ def _fit(cfg, results, data_dir, device, context):
             fitted = method.fit(FitData(train=train, validation=val, workdir=tmp, base=base))
         method.save(tmp / "artifacts")
         rec = {"fit_id": cfg.fit_id, "config": cfg.fit_dict(), "method": cfg.method, "fitted": fitted,
-               "base_fit": base_cfg.fit_id if base_cfg is not None else None,
+               "base_fit": plan.base.fit_id if plan.base is not None else None,
                "data": {"train_n": len(train), "validation_n": len(val)},
                "trainable_parameters": method.trainable_parameters(),
                "timings": phases.seconds, "memory": phases.memory, "environment": environment(backbone.device)}

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from backbones import BackboneError, Scorer, load_backbone
 from methods.base import ConfigError
-from methods.registry import get_method, load_fit
+from methods.registry import get_method
 from metrics import ood_auroc
-from runners.config import RunConfig
+from runners.config import RunConfig, RunPlan, plan_run
 from runners.evaluate import evaluate_set
 from runners.fits import clean_orphans as clean_fit_orphans, ensure_fit, eval_key, read_eval, write_eval
 from runners.results import Phases, environment, finished, write_json_atomic
@@ -25,22 +25,21 @@ from runners.lock import claim, is_stale, lock_path
 from tasks import TaskError, check_task, file_stem, load_split, resolve_data_dir
 
 
-def preflight(cfg: RunConfig, data_dir: str | None) -> None:
+def preflight(plan: RunPlan, data_dir: str | None) -> None:
     """Everything that can be checked without loading a model; raises a one-line error."""
-    cls = get_method(cfg.method)
-    check_task(cfg.task, ("train", "validation", "test"), data_dir=data_dir)
-    for t in cfg.ood:
-        check_task(t, ("test",), data_dir=data_dir)
+    cfg = plan.cfg
+    for t, split in plan.sets:
+        check_task(t, ("train", "validation", split) if t == cfg.task else (split,), data_dir=data_dir)
     if cfg.adapter is not None:
         try:
-            get_method(cls.base_method).check_saved(Path(cfg.adapter))
+            get_method(plan.cls.base_method).check_saved(Path(cfg.adapter))
         except ConfigError as e:
             raise ConfigError(f"--adapter {cfg.adapter}: {e}") from None
 
 
 def n_samples_for(cfg: RunConfig) -> int:
     """The S this run's evaluations draw: the method declares it from its settings and the request."""
-    return get_method(cfg.method).samples_for(cfg.method_config(), cfg.n_samples)
+    return plan_run(cfg).n_samples
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
@@ -66,7 +65,8 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
     its result instead of computing it again. Its fit and evaluations are reused when stored
     (runners/fits.py); `force` recomputes the evaluations (the fit stays)."""
     data_dir = resolve_data_dir(data_dir)
-    preflight(cfg, data_dir)
+    plan = plan_run(cfg)  # resolved once, passed down
+    preflight(plan, data_dir)
     final = Path(results_dir) / cfg.run_id
     done = finished(final)
     if done and not force:
@@ -79,10 +79,11 @@ def execute(cfg: RunConfig, results_dir: Path, data_dir: str | None = None, devi
         if done and (waited or not force):
             return {**done, "skipped": True}
         _clean_orphans(results_dir)
-        return _execute_claimed(cfg, results_dir, data_dir, device, force, say)
+        return _execute_claimed(plan, results_dir, data_dir, device, force, say)
 
 
-def _execute_claimed(cfg, results_dir, data_dir, device, force, say) -> dict:
+def _execute_claimed(plan: RunPlan, results_dir, data_dir, device, force, say) -> dict:
+    cfg = plan.cfg
     final = Path(results_dir) / cfg.run_id
     tmp = Path(results_dir) / f".tmp-{cfg.run_id}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -91,7 +92,7 @@ def _execute_claimed(cfg, results_dir, data_dir, device, force, say) -> dict:
     record = {"run_id": cfg.run_id, "status": "running", "config": cfg.to_dict(),
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     try:
-        record.update(_run(cfg, tmp, Path(results_dir), data_dir, device, phases, force, say))
+        record.update(_run(plan, tmp, Path(results_dir), data_dir, device, phases, force, say))
         record["status"] = "done"
     except (ConfigError, BackboneError, TaskError):
         # bad input found only once the model is loaded (e.g. an adapter of another model): nothing is kept
@@ -112,26 +113,24 @@ def _finish(record: dict, phases: Phases, tmp: Path, final: Path) -> None:
     tmp.rename(final)
 
 
-def _run(cfg: RunConfig, out: Path, results: Path, data_dir: str | None, device: str, phases: Phases,
+def _run(plan: RunPlan, out: Path, results: Path, data_dir: str | None, device: str, phases: Phases,
          force: bool, say) -> dict:
-    cls = get_method(cfg.method)
-    mcfg = cfg.method_config()
+    cfg, cls, mcfg, S = plan.cfg, plan.cls, plan.method_config, plan.n_samples
     with phases("load"):
         backbone = load_backbone(cfg.backbone_config(device))
         scorer = Scorer(backbone.tokenizer, cfg.scoring, cfg.normalization)
-    fdir, fit_rec, method = ensure_fit(cfg, results, data_dir, device, (backbone, scorer), say)
+    fdir, fit_rec, method = ensure_fit(plan, results, data_dir, device, (backbone, scorer), say)
     fit_reused = method is None
-    S = n_samples_for(cfg)
     split_kw = dict(data_dir=data_dir, split_seed=cfg.split_seed, val_fraction=cfg.val_fraction)
-    sets = {cfg.task: cfg.eval_split, **{t: "test" for t in cfg.ood}}
     metrics, rel, conf, reused, seconds = {}, {}, {}, [], {}
-    for t, split in sets.items():
+    for t, split in plan.sets:
         key = eval_key(split, t, cfg.limit_eval, S)
         got = None if force else read_eval(fdir, key)
         if got is None:
             if method is None:  # a stored fit: loaded once, through the method's own load
                 with phases("load"):
-                    method = load_fit(cfg.method, fdir / "artifacts", backbone, scorer, cfg.seed, cfg.settings)
+                    method = cls(mcfg, backbone, scorer, cfg.seed)
+                    method.load(fdir / "artifacts")
             with phases(f"eval:{t}"):
                 rec_t, rows = evaluate_set(method, load_split(t, split, limit=cfg.limit_eval, **split_kw), S,
                                            cfg.eval_batch_size, cfg.seed, t)
