@@ -65,6 +65,37 @@ FLOP_RULE = ("model FLOPs = 2 * N * tokens per forward, 6 * N * tokens per train
              "6x is the usual convention even though frozen base weights need no weight gradients")
 
 
+WORK_RULE = ("work done (issue 13) = per real, non-padding token: 4N for a training step through a frozen base "
+             "(2N forward, 2N backward for activation gradients; a frozen base needs no weight gradients) + 6 x "
+             "LoRA parameters + attention 12 x layers x d_model x L (QK^T and AV, 4 d L forward, twice that "
+             "backward, over the padded row length L a dense kernel computes); + the output head 4 x V x d per "
+             "position whose logits are computed; padding tokens are overhead, not work")
+
+
+def train_work_flops(model, n_params: int, n_lora: int, batches) -> dict:
+    """FLOPs of the work a training loop does on `batches` [(rows, L, real tokens, head positions)] by
+    WORK_RULE, with the padding overhead beside it."""
+    c = model.config
+    d, layers, V = c.hidden_size, c.num_hidden_layers, c.vocab_size
+    flops = sum(real * (4 * n_params + 6 * n_lora + 12 * layers * d * L) + 4 * V * d * head
+                for _, L, real, head in batches)
+    slots = sum(rows * L for rows, L, _, _ in batches)
+    real = sum(r for _, _, r, _ in batches)
+    return {"flops": flops, "real_tokens": real, "padded_slots": slots, "padding_fraction": 1 - real / slots}
+
+
+def matmul_rate(m: int, k: int, n: int, repeats: int, dtype=torch.bfloat16) -> float:
+    """Best-of-`repeats` GFLOP/s of one (m x k) @ (k x n) matmul in `dtype`."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        with Timer() as t:
+            a @ b
+        best = min(best, t.seconds)
+    return 2 * m * k * n / best / 1e9
+
+
 def gflops(n_params: int, tokens: int, seconds: float, factor: int) -> float:
     return factor * n_params * tokens / seconds / 1e9
 

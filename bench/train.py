@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from backbones import Scorer
-from bench.common import FLOP_RULE, Context, Timer, add_target, frac_of_peak, gflops, nonembedding_params, report
+from bench.common import (FLOP_RULE, WORK_RULE, Context, Timer, add_target, frac_of_peak, gflops, matmul_rate,
+                          nonembedding_params, report, train_work_flops)
 from bench.plain import encode_plain, plain_class_logits
 from methods.base import FitData
 from methods.shared.training import train_classifier
@@ -81,24 +82,58 @@ def run(ctx: Context) -> dict:
 
     n = nonembedding_params(lora.backbone.model)
     peak = ctx.peak()["gflops"]
+    # the work each loop does (bench.common.WORK_RULE): real tokens, padded row length, head positions
+    ours_b, plain_b = [], []
+    for b in batches:
+        eb = lora.scorer.encode([examples[i] for i in b])
+        R, L = eb.input_ids.shape
+        ours_b.append((R, L, eb.n_tokens, R * (L - int(eb.pred_pos.min()))))  # logits_to_keep = L - first
+        pb = encode_plain(lora.scorer, [examples[i] for i in b])
+        R, L = pb.input_ids.shape
+        plain_b.append((R, L, pb.n_tokens, R * L))                              # full logits at every position
+    n_lora = lora.trainable_parameters()
+    work = {"ours": train_work_flops(lora.backbone.model, n, n_lora, ours_b),
+            "plain": train_work_flops(lora.backbone.model, n, n_lora, plain_b)}
+    c = lora.backbone.model.config
+    T = round(work["ours"]["real_tokens"] / len(batches))          # tokens a step of ours processes
+    P = round(sum(h for *_, h in ours_b) / len(batches))           # head positions a step of ours computes
+    shapes = {f"{T}x{c.hidden_size}x{c.hidden_size}": (T, c.hidden_size, c.hidden_size),
+              f"{T}x{c.hidden_size}x{c.intermediate_size}": (T, c.hidden_size, c.intermediate_size),
+              f"{T}x{c.intermediate_size}x{c.hidden_size}": (T, c.intermediate_size, c.hidden_size),
+              f"{P}x{c.hidden_size}x{c.vocab_size} (head)": (P, c.hidden_size, c.vocab_size)}
+    shape_rates = {k: matmul_rate(*v, s.peak_repeats) for k, v in shapes.items()}
+    shape_peak = max(shape_rates.values())
     fig = {"ours_seconds": ours_s, "plain_seconds": plain_s, "ours_tokens_per_s": plain_tokens / ours_s,
            "plain_tokens_per_s": plain_tokens / plain_s, "speedup": plain_s / ours_s,
            "plain_layout_tokens": plain_tokens, "packed_tokens": packed_tokens, "nonembedding_params": n,
            "ours_gflops": gflops(n, plain_tokens, ours_s, 6), "plain_gflops": gflops(n, plain_tokens, plain_s, 6),
            "step0_loss_ours": first_ours, "step0_loss_plain": first_plain,
-           "step0_loss_abs_diff": abs(first_ours - first_plain)}
+           "step0_loss_abs_diff": abs(first_ours - first_plain),
+           "work": work, "matmul_gflops_at_model_shapes": shape_rates, "peak_at_model_shapes": shape_peak}
+    for k, secs in (("ours", ours_s), ("plain", plain_s)):
+        fig[k + "_work_gflops"] = work[k]["flops"] / secs / 1e9
     rows = [[label, s.train_steps, f"{fig[k + '_seconds']:.2f}", f"{fig[k + '_tokens_per_s']:.0f}",
              f"{fig[k + '_gflops']:.1f}", frac_of_peak(fig[k + "_gflops"], peak)]
             for label, k in (("ours (packed loglik)", "ours"), ("plain (per-choice, full vocab)", "plain"))]
     rep["tables"].append({"title": f"train: {s.train_steps} steps x {s.batch_size} questions ({s.precision}), "
                                    f"{plain_tokens} plain-layout tokens ({packed_tokens} packed)",
                           "header": ["loop", "steps", "seconds", "tokens/s", "GFLOP/s", "of bf16 peak"], "rows": rows})
+    rep["tables"].append({
+        "title": "train, work actually done (WORK_RULE): utilisation against the square peak and the peak at "
+                 "the model's own GEMM shapes",
+        "header": ["loop", "real tokens", "padding", "work GFLOP/s", "of square peak", "of model-shape peak"],
+        "rows": [[label, work[k]["real_tokens"], f"{work[k]['padding_fraction']:.1%}", f"{fig[k + '_work_gflops']:.1f}",
+                  frac_of_peak(fig[k + "_work_gflops"], peak), frac_of_peak(fig[k + "_work_gflops"], shape_peak)]
+                 for label, k in (("ours (packed loglik)", "ours"), ("plain (per-choice, full vocab)", "plain"))]})
+    rep["tables"].append({"title": "bf16 matmul GFLOP/s at the model's shapes (m x k x n, best of "
+                                   f"{s.peak_repeats})", "header": ["shape", "GFLOP/s"],
+                          "rows": [[k, f"{v:.1f}"] for k, v in shape_rates.items()]})
     rep["figures"] = fig
     add_target(rep, "lora training tokens/s vs plain", fig["speedup"], 1.5, True, "x")
     rep["notes"] += [f"step-0 loss: ours {first_ours:.6f}, plain {first_plain:.6f}, |diff| "
                      f"{abs(first_ours - first_plain):.2e} (the same function from the same init"
                      + ("; bf16 rounding differs between the layouts)" if s.precision == "bf16" else ")"),
                      ("tokens/s = tokens of the plain per-choice layout / seconds, for both loops; "
-                     "one warm-up step each, not timed"), FLOP_RULE]
+                     "one warm-up step each, not timed"), FLOP_RULE, WORK_RULE]
     return rep
 

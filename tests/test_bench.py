@@ -76,6 +76,17 @@ def test_train_losses_agree(doc):
     assert f["plain_layout_tokens"] > f["packed_tokens"] > 0  # packing shares each prompt across its choices
 
 
+def test_train_work_is_counted_on_the_tokens_each_loop_processes(doc):
+    """Issue 13: utilisation counts the work done (real tokens of each layout, padding as overhead), not the
+    plain layout's tokens credited to the packed loop."""
+    f = doc["comparisons"]["train"]["figures"]
+    ours, plain = f["work"]["ours"], f["work"]["plain"]
+    assert ours["real_tokens"] == f["packed_tokens"] and plain["real_tokens"] == f["plain_layout_tokens"]
+    assert 0 < ours["flops"] < plain["flops"]  # packing really does less work
+    assert all(0 <= w["padding_fraction"] < 1 and w["padded_slots"] >= w["real_tokens"] for w in (ours, plain))
+    assert f["peak_at_model_shapes"] == max(f["matmul_gflops_at_model_shapes"].values()) > 0
+
+
 def test_score_class_logprobs_agree_with_plain(doc):
     f = doc["comparisons"]["score"]["figures"]
     for name in ("loglik packed (ours, default)", "loglik per-choice (ours, pack=False)", "label (ours)"):
