@@ -103,7 +103,7 @@ class LoRAXS(LoRA):
     def check_saved(cls, path: Path) -> None:
         if not (Path(path) / xs.MARKER).is_file():
             raise ConfigError(f"{path} is not a lora_xs adapter (no {xs.MARKER}); point --adapter at the "
-                              "artifacts directory of a lora_xs run")
+                              "artifacts of a lora_xs fit (<results>/fits/<fit id>/artifacts)")
 
     def trainable_parameters(self) -> int:
         parts = ("R", "A", "B") if self.config.unfreeze_ab else ("R",)

@@ -107,7 +107,8 @@ def load(backbone, path: Path) -> nn.Module:
     path = Path(path)
     if not (path / MARKER).is_file():
         raise ConfigError(f"{path} is not a lora_xs adapter (no {MARKER}); point --adapter at the artifacts "
-                          "of a lora_xs run, or leave it out to reuse the matching lora_xs run")
+                          "of a lora_xs fit (<results>/fits/<fit id>/artifacts), or leave it out to reuse the "
+                          "matching lora_xs fit")
     meta = json.loads((path / MARKER).read_text())
     t = load_file(str(path / "lora_xs.safetensors"))
     model, mods = backbone.model, dict(backbone.model.named_modules())
