@@ -119,30 +119,9 @@ def show_run(rec: dict, where: Path) -> int:
 
 def cmd_evaluate(a) -> int:
     """Score a stored fit on more sets, or with another limit or S: nothing is refitted (runners/fits.py)."""
-    from methods.base import ConfigError
-    from runners.config import build_run_config
-    from runners.fits import find_fit, read_fit
-    from runners.migrate import config_of
-    from runners.results import read_result
+    from runners.fits import rescoring_config
     from runners.run import execute
-    src = Path(a.fit)
-    rec = read_result(src)
-    results = src.parent
-    if rec is None:
-        rec, results = read_fit(src), src.parent.parent
-    if rec is None or rec.get("status", "done") != "done" or "config" not in rec:
-        raise ConfigError(f"--fit {src}: no finished run (result.json) or fit (fit.json) there; give a run "
-                          "directory or <results>/fits/<fit id>")
-    old = config_of(rec)
-    keep = {k: getattr(old, k) for k in ("model", "seed", "scoring", "normalization", "limit_train", "split_seed",
-                                         "val_fraction", "precision", "quant", "adapter", "base_settings")}
-    given = lambda x, default: default if x is None else x  # noqa: E731 - unset: as the source run was scored
-    cfg = build_run_config(old.method, old.task, old.settings, ood=tuple(dict.fromkeys([*old.ood, *a.ood])),
-                           limit_eval=given(a.limit_eval, old.limit_eval), n_samples=given(a.n_samples, old.n_samples),
-                           eval_batch_size=given(a.eval_batch_size, old.eval_batch_size), **keep)
-    if find_fit(results, cfg) is None:
-        raise ConfigError(f"the fit of {src} is not in {results}/fits; runs written before the fit store need "
-                          f"`python benchmark.py migrate --results {results}` first")
+    cfg, results = rescoring_config(Path(a.fit), a.ood, a.limit_eval, a.n_samples, a.eval_batch_size)
     out = execute(cfg, results, data_dir=a.data_dir, device=a.device)
     return show_run(out, results / cfg.run_id)
 

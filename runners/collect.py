@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import METRICS
+from runners.results import prediction_arrays
 from tasks import file_stem
 
 METRIC_COLS = tuple(METRICS)  # metrics/table.py
@@ -85,9 +86,8 @@ def load_results(results: Path, eval_split: str = "test") -> pd.DataFrame:
 
 def load_predictions(run_dir: str, task: str) -> tuple[np.ndarray, np.ndarray]:
     rows = [json.loads(line) for line in open(Path(run_dir) / "predictions" / f"{file_stem(task)}.jsonl")]
-    K = max(len(r["probs"]) for r in rows)
-    probs = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
-    return probs / probs.sum(1, keepdims=True), np.array([r["label"] for r in rows])
+    probs, labels = prediction_arrays(rows)
+    return probs / probs.sum(1, keepdims=True), labels
 
 
 def cost_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -50,6 +50,15 @@ class RunConfig:
         d["ood"] = list(self.ood)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """The inverse of to_dict, for a config read back from JSON (fields it does not know are left out:
+        records written by other versions)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: v for k, v in d.items() if k in known})
+        cfg.ood = tuple(cfg.ood)
+        return cfg
+
     def fit_dict(self) -> dict:
         """The fields that make the fit: everything but where and how it is evaluated."""
         return {k: v for k, v in self.to_dict().items() if k not in EVAL_FIELDS}

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from methods.base import Method
 from metrics import compute_metrics, posterior_diagnostics, predictive_probs, reliability
+from runners.results import prediction_arrays
 from tasks.types import MCExample, length_order
 
 
@@ -51,12 +52,10 @@ def evaluate_set(method, examples, S: int, batch_size: int, seed: int, name: str
     scored = predict(method, examples, S, batch_size, seed, desc=f"eval {name}", point=method.has_point_estimate)
     logp, point = scored if method.has_point_estimate else (scored, None)
     probs = predictive_probs(logp)
-    labels = np.array([e.label for e in examples])
     rows = [{"id": e.id, "label": e.label, "probs": [round(float(x), 7) for x in p[: e.n_choices]]}
             for e, p in zip(examples, probs)]
     # metrics from the stored (rounded) probabilities, so a reused evaluation reports exactly the same numbers
-    K = probs.shape[1]
-    stored = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
+    stored, labels = prediction_arrays(rows)
     rec = {"metrics": {**compute_metrics(stored, labels),
                        "diagnostics": posterior_diagnostics(logp, None if point is None else np.exp(point))},
            "reliability": reliability(stored, labels), "n_samples": S, "eval_batch_size": batch_size,

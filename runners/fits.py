@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from runners.lock import claim
-from runners.results import Phases, environment, read_result, write_json_atomic
+from runners.results import Phases, environment, prediction_arrays, read_result, write_json_atomic
 
 FIT_FILE = "fit.json"
 
@@ -83,9 +83,7 @@ def read_eval(fdir: Path, key: str) -> tuple[dict, np.ndarray, np.ndarray, list]
         rows = [json.loads(line) for line in open(d / "predictions.jsonl")]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    K = max(len(r["probs"]) for r in rows)
-    probs = np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows])
-    return rec, probs, np.array([r["label"] for r in rows]), rows
+    return rec, *prediction_arrays(rows), rows
 
 
 def write_eval(fdir: Path, key: str, record: dict, rows: list[dict]) -> None:
@@ -124,6 +122,31 @@ def clean_orphans(results: Path, eval_tmp_age_s: float = 3600.0) -> None:
             continue
         if old:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rescoring_config(src: Path, ood=(), limit_eval=None, n_samples=None, eval_batch_size=None):
+    """(run config, results directory) that score the fit behind `src` (a finished run directory or
+    <results>/fits/<fit id>) on its own sets plus `ood`; limit, S and batch size as the source run's unless
+    given. Raises ConfigError, in one line, when `src` holds no finished run or fit, or its fit is not stored."""
+    from methods.base import ConfigError
+    from runners.config import RunConfig, build_run_config
+    rec, results = read_result(src), src.parent
+    if rec is None:
+        rec, results = read_fit(src), src.parent.parent
+    if rec is None or rec.get("status", "done") != "done" or "config" not in rec:
+        raise ConfigError(f"--fit {src}: no finished run (result.json) or fit (fit.json) there; give a run "
+                          "directory or <results>/fits/<fit id>")
+    old = RunConfig.from_dict(rec["config"])
+    keep = {k: getattr(old, k) for k in ("model", "seed", "scoring", "normalization", "limit_train", "split_seed",
+                                         "val_fraction", "precision", "quant", "adapter", "base_settings")}
+    given = lambda x, default: default if x is None else x  # noqa: E731 - unset: as the source run was scored
+    cfg = build_run_config(old.method, old.task, old.settings, ood=tuple(dict.fromkeys([*old.ood, *ood])),
+                           limit_eval=given(limit_eval, old.limit_eval), n_samples=given(n_samples, old.n_samples),
+                           eval_batch_size=given(eval_batch_size, old.eval_batch_size), **keep)
+    if find_fit(results, cfg) is None:
+        raise ConfigError(f"the fit of {src} is not in {results}/fits; runs written before the fit store need "
+                          f"`python benchmark.py migrate --results {results}` first")
+    return cfg, results
 
 
 def ensure_fit(plan, results: Path, data_dir: str | None, device: str, context=None, say=None):

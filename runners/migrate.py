@@ -8,7 +8,6 @@ step leaves every run finished and every fit complete.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -18,14 +17,6 @@ from runners.config import RunConfig
 from runners.fits import FIT_FILE, eval_key, fit_dir, fits_root, read_fit, write_eval
 from runners.results import read_result, write_json_atomic
 from tasks import file_stem
-
-
-def config_of(record: dict) -> RunConfig:
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    d = {k: v for k, v in record["config"].items() if k in known}
-    cfg = RunConfig(**d)
-    cfg.ood = tuple(cfg.ood)
-    return cfg
 
 
 def legacy_runs(results: Path) -> list[Path]:
@@ -41,7 +32,7 @@ def legacy_runs(results: Path) -> list[Path]:
 def migrate_run(run: Path, results: Path) -> str:
     """Move one old-layout run's fit into the store; returns what was done, in a few words."""
     rec = read_result(run)
-    cfg = config_of(rec)
+    cfg = RunConfig.from_dict(rec["config"])
     fid = cfg.fit_id
     if read_fit(fit_dir(results, fid)) is None:
         root = fits_root(results)

@@ -146,8 +146,7 @@ def _run_claimed(storage, study, t, results, data_dir, device, worker, heartbeat
     storage.set_trial_user_attr(t._trial_id, "worker", worker)
     beat = _Heartbeat(storage, t._trial_id, heartbeat)
     beat.start()
-    cfg = RunConfig(**json.loads(t.user_attrs["config"]))
-    cfg.ood = tuple(cfg.ood)
+    cfg = RunConfig.from_dict(json.loads(t.user_attrs["config"]))
     t0 = time.time()
     try:
         # a base fit is claimed by whichever cell needs it first (runners/fits.py), the others wait on its lock

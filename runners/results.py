@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -46,6 +47,13 @@ def read_result(run_dir: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def prediction_arrays(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(probs [N, K_max], labels [N]) of prediction rows ({"probs": [...], "label": y}), absent choices 0."""
+    K = max(len(r["probs"]) for r in rows)
+    return (np.array([r["probs"] + [0.0] * (K - len(r["probs"])) for r in rows]),
+            np.array([r["label"] for r in rows]))
 
 
 def finished(run_dir: Path) -> dict | None:

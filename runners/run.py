@@ -20,7 +20,7 @@ from metrics import ood_auroc
 from runners.config import RunConfig, RunPlan, plan_run
 from runners.evaluate import evaluate_set
 from runners.fits import clean_orphans as clean_fit_orphans, ensure_fit, eval_key, read_eval, write_eval
-from runners.results import Phases, environment, finished, write_json_atomic
+from runners.results import Phases, environment, finished, prediction_arrays, write_json_atomic
 from runners.lock import claim, is_stale, lock_path
 from tasks import TaskError, check_task, file_stem, load_split, resolve_data_dir
 
@@ -136,7 +136,7 @@ def _run(plan: RunPlan, out: Path, results: Path, data_dir: str | None, device: 
                                            cfg.eval_batch_size, cfg.seed, t)
             rec_t["environment"] = environment(backbone.device)
             write_eval(fdir, key, rec_t, rows)
-            got = read_eval(fdir, key)
+            got = (rec_t, *prediction_arrays(rows), rows)
         else:
             reused.append(t)
         rec_t, probs, labels, rows = got
